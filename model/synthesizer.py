@@ -1,0 +1,215 @@
+"""The `Synthesizer` facade: a loaded voice + a batch of lines -> 32 kHz waveforms.
+
+Pipeline per line, as the reference's TTS pipeline does it: cut the text into sentences; for each
+sentence the GPT reads [reference-text phones + sentence phones] and continues the reference
+clip's semantic tokens; SoVITS turns the new tokens + sentence phones + the reference timbre into
+audio; sentences are joined with a short pause. Every sentence of every line in a call is decoded
+in shared batches (GPT rows sorted by length), and each sentence has its own seeded random stream,
+so a line renders identically alone or inside any batch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .gpt import SamplingParams, Text2SemanticDecoder
+from .sovits import SynthesizerTrn
+from .spectrogram import spectrogram
+from .ssl import PROMPT_TAIL_SAMPLES, SSLExtractor
+
+SPLITS = set("，。？！,.?!~:：—…")
+REF_MIN_S, REF_MAX_S = 3.0, 10.0
+
+
+class ReferenceClipError(ValueError):
+    """The reference clip cannot prompt the model (length outside 3–10 s, silent, ...)."""
+
+
+class SynthesisError(RuntimeError):
+    """A line could not be synthesised; the message says why."""
+
+
+@dataclass
+class VoicePrompt:
+    """What a voice needs at inference besides weights: its reference clip, text and tokens."""
+
+    ref_wav_32k: np.ndarray  # float32 mono at 32 kHz, 3–10 s
+    ref_text: str
+    ref_language: str
+    prompt_tokens: np.ndarray  # semantic tokens of the clip (+ the reference's 0.6 s silent tail)
+
+
+@dataclass
+class LineSettings:
+    seed: int = 0
+    speed: float = 1.0
+    top_k: int = 15
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.35
+    noise_scale: float = 0.5
+    cut: str = "cut5"
+    pause_s: float = 0.3
+    max_tokens_per_phone: float = 10.0
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(top_k=self.top_k, top_p=self.top_p, temperature=self.temperature,
+                              repetition_penalty=self.repetition_penalty,
+                              max_tokens_per_phone=self.max_tokens_per_phone)
+
+
+@dataclass
+class LineRequest:
+    text: str
+    language: str
+    settings: LineSettings = field(default_factory=LineSettings)
+
+
+@dataclass
+class LineAudio:
+    wav: np.ndarray  # float32 mono
+    sample_rate: int
+    sentences: int
+    tokens: int  # semantic tokens generated (all sentences)
+    truncated: bool  # a sentence hit the runaway-length guard instead of ending with EOS
+
+
+@dataclass
+class LoadedVoice:
+    gpt: Text2SemanticDecoder
+    sovits: SynthesizerTrn
+    prompt_phones: torch.Tensor  # (Lp,)
+    prompt_bert: torch.Tensor  # (bert_dim, Lp)
+    prompt_tokens: torch.Tensor  # (Tp,)
+    ge: torch.Tensor  # (1, gin, 1) style vector of the reference clip
+
+
+def ensure_final_punct(text: str, language: str) -> str:
+    text = text.strip()
+    if text and text[-1] not in SPLITS:
+        text += "." if language == "en" else "。"
+    return text
+
+
+def reference_spectrogram(wav_32k: np.ndarray, sovits: SynthesizerTrn) -> torch.Tensor:
+    audio = torch.as_tensor(wav_32k, dtype=torch.float32)[None]
+    peak = audio.abs().max()
+    if peak > 1:
+        audio = audio / min(2.0, float(peak))
+    c = sovits.cfg
+    return spectrogram(audio, c.filter_length, c.hop_length, c.win_length)
+
+
+@torch.no_grad()
+def prompt_tokens(ssl: SSLExtractor, sovits: SynthesizerTrn, wav_16k: np.ndarray, check_length: bool = True) -> np.ndarray:
+    """Semantic tokens of a reference clip: SSL features -> ssl_proj -> codebook (25 Hz)."""
+    seconds = len(wav_16k) / 16000
+    if check_length and not REF_MIN_S <= seconds <= REF_MAX_S:
+        raise ReferenceClipError(f"reference clip is {seconds:.2f} s; it must be {REF_MIN_S:g}–{REF_MAX_S:g} s")
+    x = torch.as_tensor(wav_16k, dtype=torch.float32)
+    x = torch.cat([x, torch.zeros(PROMPT_TAIL_SAMPLES)])[None]
+    dev = next(sovits.parameters()).device
+    codes = sovits.extract_latent(ssl.to(dev)(x.to(dev)))
+    return codes[0, 0].cpu().numpy().astype(np.int64)
+
+
+class Synthesizer:
+    def __init__(self, frontend, device: str | torch.device = "cpu", max_batch: int = 16):
+        self.frontend = frontend
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.timings = {"gpt_s": 0.0, "sovits_s": 0.0}
+
+    def load_voice(self, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, prompt: VoicePrompt,
+                   check_length: bool = True) -> LoadedVoice:
+        seconds = len(prompt.ref_wav_32k) / sovits.cfg.sampling_rate
+        if check_length and not REF_MIN_S <= seconds <= REF_MAX_S:
+            raise ReferenceClipError(f"reference clip is {seconds:.2f} s; it must be {REF_MIN_S:g}–{REF_MAX_S:g} s")
+        gpt, sovits = gpt.to(self.device).eval(), sovits.to(self.device).eval()
+        ids, bert, _ = self.frontend.features(ensure_final_punct(prompt.ref_text, prompt.ref_language),
+                                              prompt.ref_language)
+        with torch.no_grad():
+            ge = sovits.style(reference_spectrogram(prompt.ref_wav_32k, sovits).to(self.device))
+        tokens = torch.as_tensor(np.asarray(prompt.prompt_tokens), dtype=torch.long)
+        return LoadedVoice(gpt, sovits, ids.long(), bert.float(), tokens, ge)
+
+    def sentences(self, req: LineRequest) -> list[str]:
+        pieces = self.frontend.split_sentences(req.text, method=req.settings.cut)
+        out = [ensure_final_punct(p, req.language) for p in pieces if p.strip() and any(c not in SPLITS for c in p.strip())]
+        if not out:
+            raise SynthesisError(f"text has nothing to speak: {req.text!r}")
+        return out
+
+    @torch.no_grad()
+    def synthesize(self, voice: LoadedVoice, lines: list[LineRequest]) -> list[LineAudio | SynthesisError]:
+        """Render lines with one voice; a line that fails yields its SynthesisError, the rest go on."""
+        jobs = []  # one per sentence: (line index, sentence index, ids, bert, settings)
+        results: list[LineAudio | SynthesisError | None] = [None] * len(lines)
+        per_line: dict[int, int] = {}
+        for li, req in enumerate(lines):
+            try:
+                sents = self.sentences(req)
+                feats = [self.frontend.features(s, req.language) for s in sents]
+            except Exception as e:  # noqa: BLE001 — one bad line must not stop the batch
+                results[li] = e if isinstance(e, SynthesisError) else SynthesisError(f"{type(e).__name__}: {e}")
+                continue
+            per_line[li] = len(sents)
+            for si, (ids, bert, _) in enumerate(feats):
+                jobs.append((li, si, ids.long(), bert.float(), req.settings))
+        jobs.sort(key=lambda j: len(j[2]))
+        outputs: dict[tuple[int, int], tuple[np.ndarray, int, bool]] = {}
+        groups: dict[tuple, list] = {}
+        for j in jobs:
+            s = j[4]
+            groups.setdefault((s.top_k, s.top_p, s.temperature, s.repetition_penalty, s.max_tokens_per_phone), []).append(j)
+        for group in groups.values():
+            for start in range(0, len(group), self.max_batch):
+                self._run_batch(voice, group[start: start + self.max_batch], outputs)
+        sr = voice.sovits.cfg.sampling_rate
+        for li, n in per_line.items():
+            pause = np.zeros(int(lines[li].settings.pause_s * sr), dtype=np.float32)
+            parts, tokens, truncated = [], 0, False
+            for si in range(n):
+                wav, ntok, trunc = outputs[(li, si)]
+                parts.extend([wav, pause] if si < n - 1 else [wav])
+                tokens += ntok
+                truncated |= trunc
+            results[li] = LineAudio(np.concatenate(parts), sr, n, tokens, truncated)
+        return results
+
+    def _run_batch(self, voice: LoadedVoice, batch: list, outputs: dict) -> None:
+        dev = self.device
+        t0 = time.perf_counter()
+        settings = batch[0][4]
+        phones = [torch.cat([voice.prompt_phones, ids]) for _, _, ids, _, _ in batch]
+        berts = [torch.cat([voice.prompt_bert, bert], dim=1) for _, _, _, bert, _ in batch]
+        seeds = [sentence_seed(s.seed, si) for _, si, _, _, s in batch]
+        params = settings.sampling()
+        limits = [max(params.min_new_tokens + 1, int(np.ceil(len(ids) * settings.max_tokens_per_phone)))
+                  for _, _, ids, _, _ in batch]
+        gen = voice.gpt.generate(phones, berts, [voice.prompt_tokens] * len(batch), params, seeds, limits=limits)
+        t1 = time.perf_counter()
+        lens = torch.tensor([max(len(t), 1) for t in gen.tokens], device=dev)
+        codes = torch.zeros(1, len(batch), int(lens.max()), dtype=torch.long, device=dev)
+        for i, t in enumerate(gen.tokens):
+            codes[0, i, : len(t)] = t.to(dev)
+        text_lens = torch.tensor([len(ids) for _, _, ids, _, _ in batch], device=dev)
+        text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
+        for i, (_, _, ids, _, _) in enumerate(batch):
+            text[i, : len(ids)] = ids.to(dev)
+        gens = [torch.Generator().manual_seed(sentence_seed(s.seed, si) + 1) for _, si, _, _, s in batch]
+        wav, n = voice.sovits.decode(codes, text, ge=voice.ge, noise_scale=[s.noise_scale for *_, s in batch],
+                                     speed=[s.speed for *_, s in batch], code_lengths=lens,
+                                     text_lengths=text_lens, generator=gens)
+        wav = wav.float().cpu().numpy()
+        for i, (li, si, _, _, _) in enumerate(batch):
+            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(gen.tokens[i]), not gen.finished[i])
+        self.timings["gpt_s"] += t1 - t0
+        self.timings["sovits_s"] += time.perf_counter() - t1
+
+
+def sentence_seed(line_seed: int, sentence: int) -> int:
+    return (int(line_seed) * 1_000_003 + sentence) % (2**63)

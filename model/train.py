@@ -1,0 +1,167 @@
+"""Training steps for fine-tuning a voice: SoVITS (GAN + mel + KL) and GPT (cross-entropy).
+
+These are the units a fine-tune recipe calls in its loop; they own the optimisers and mixed
+precision (fp16 with a grad scaler, or bf16, on CUDA; fp32 on CPU) and return plain floats.
+Hyperparameters follow the reference s2.json (AdamW lr 1e-4, betas (0.8, 0.99), mel x45, KL x1,
+text-side modules at 0.4x lr); the GPT uses AdamW instead of the reference's ScaledAdam.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import SoVITSConfig
+from .discriminator import MultiPeriodDiscriminator
+from .gpt import Text2SemanticDecoder
+from .losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from .sovits import SynthesizerTrn
+from .spectrogram import mel_spectrogram, spec_to_mel
+
+
+@dataclass
+class SoVITSBatch:
+    ssl: torch.Tensor  # (B, ssl_dim, T50) SSL features
+    spec: torch.Tensor  # (B, bins, T) linear spectrogram, T ~ T50
+    spec_lengths: torch.Tensor  # (B,)
+    wav: torch.Tensor  # (B, 1, T * hop) 32 kHz audio
+    text: torch.Tensor  # (B, Tt) phone ids
+    text_lengths: torch.Tensor  # (B,)
+
+    def to(self, device) -> "SoVITSBatch":
+        return SoVITSBatch(*(t.to(device) for t in (self.ssl, self.spec, self.spec_lengths, self.wav,
+                                                      self.text, self.text_lengths)))
+
+
+@dataclass
+class GPTBatch:
+    phones: torch.Tensor  # (B, Lx)
+    phone_lengths: torch.Tensor
+    bert: torch.Tensor  # (B, bert_dim, Lx)
+    semantic: torch.Tensor  # (B, Ly)
+    semantic_lengths: torch.Tensor
+
+    def to(self, device) -> "GPTBatch":
+        return GPTBatch(*(t.to(device) for t in (self.phones, self.phone_lengths, self.bert, self.semantic,
+                                                   self.semantic_lengths)))
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+class SoVITSTrainer:
+    def __init__(self, net_g: SynthesizerTrn, net_d: MultiPeriodDiscriminator | None = None,
+                 device: str | torch.device = "cpu", precision: str = "fp32", lr: float | None = None):
+        if not net_g.has_posterior:
+            raise ValueError("SoVITS fine-tuning needs the posterior encoder enc_q (use the pretrained base, not a voice file)")
+        self.cfg: SoVITSConfig = net_g.cfg
+        self.device = torch.device(device)
+        self.precision = precision
+        self.net_g = net_g.to(self.device).train()
+        self.net_d = (net_d or MultiPeriodDiscriminator(self.cfg.disc_channels_div)).to(self.device).train()
+        lr = lr or self.cfg.learning_rate
+        slow = [self.net_g.enc_p.text_embedding, self.net_g.enc_p.encoder_text, self.net_g.enc_p.mrte]
+        slow_ids = {id(p) for m in slow for p in m.parameters()}
+        frozen = set()
+        if self.cfg.freeze_quantizer:
+            frozen = {id(p) for m in (self.net_g.ssl_proj, self.net_g.quantizer) for p in m.parameters()}
+            for m in (self.net_g.ssl_proj, self.net_g.quantizer):
+                m.requires_grad_(False)
+        base = [p for p in self.net_g.parameters() if id(p) not in slow_ids and id(p) not in frozen]
+        groups = [{"params": base, "lr": lr}] + [
+            {"params": list(m.parameters()), "lr": lr * self.cfg.text_low_lr_rate} for m in slow]
+        opt = dict(betas=self.cfg.betas, eps=self.cfg.eps)
+        self.optim_g = torch.optim.AdamW(groups, lr=lr, **opt)
+        self.optim_d = torch.optim.AdamW(self.net_d.parameters(), lr=lr, **opt)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and precision == "fp16")
+
+    def step(self, batch: SoVITSBatch) -> dict[str, float]:
+        b, c = batch.to(self.device), self.cfg
+        seg_frames = c.segment_size // c.hop_length
+        with _autocast(self.device, self.precision):
+            y_hat, ids, z_mask, (z, z_p, m_p, logs_p, m_q, logs_q), commit = self.net_g(
+                b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths)
+            mel = spec_to_mel(b.spec.float(), c.filter_length, c.n_mel_channels, c.sampling_rate, c.mel_fmin, c.mel_fmax)
+            y_mel = slice_frames(mel, ids, seg_frames)
+            y_hat_mel = mel_spectrogram(y_hat.squeeze(1).float(), c.filter_length, c.n_mel_channels, c.sampling_rate,
+                                        c.hop_length, c.win_length, c.mel_fmin, c.mel_fmax)
+            y = slice_frames(b.wav, ids * c.hop_length, c.segment_size)
+            real, fake, _, _ = self.net_d(y, y_hat.detach())
+            loss_d = discriminator_loss(real, fake)
+        self.optim_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.optim_d)
+
+        with _autocast(self.device, self.precision):
+            _, fake, fmap_r, fmap_g = self.net_d(y, y_hat)
+            loss_mel = F.l1_loss(y_mel, y_hat_mel) * c.c_mel
+            loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * c.c_kl
+            loss_fm = feature_loss(fmap_r, fmap_g)
+            loss_gen = generator_loss(fake)
+            loss_g = loss_gen + loss_fm + loss_mel + commit + loss_kl
+        self.optim_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optim_g)
+        self.scaler.update()
+        out = {"loss_d": loss_d, "loss_g": loss_g, "mel": loss_mel, "kl": loss_kl, "fm": loss_fm, "gen": loss_gen}
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+
+    def state_dict(self) -> dict:
+        return {"net_g": self.net_g.state_dict(), "net_d": self.net_d.state_dict(), "optim_g": self.optim_g.state_dict(),
+                "optim_d": self.optim_d.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net_g.load_state_dict(state["net_g"])
+        self.net_d.load_state_dict(state["net_d"])
+        self.optim_g.load_state_dict(state["optim_g"])
+        self.optim_d.load_state_dict(state["optim_d"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class GPTTrainer:
+    def __init__(self, gpt: Text2SemanticDecoder, device: str | torch.device = "cpu", precision: str = "fp32",
+                 lr: float = 2e-4, weight_decay: float = 0.01, grad_clip: float = 1.0):
+        self.device = torch.device(device)
+        self.precision = precision
+        self.gpt = gpt.to(self.device).train()
+        self.grad_clip = grad_clip
+        self.optim = torch.optim.AdamW(self.gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and precision == "fp16")
+
+    def step(self, batch: GPTBatch) -> dict[str, float]:
+        b = batch.to(self.device)
+        with _autocast(self.device, self.precision):
+            logits, loss = self.gpt(b.phones, b.phone_lengths, b.bert, b.semantic, b.semantic_lengths)
+        self.optim.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optim)
+        torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), self.grad_clip)
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        with torch.no_grad():
+            keep = torch.arange(logits.shape[1], device=self.device)[None] <= b.semantic_lengths[:, None]
+            target = F.pad(b.semantic, (0, 1), value=self.gpt.cfg.eos)
+            target = torch.where(torch.arange(target.shape[1], device=self.device)[None] < b.semantic_lengths[:, None],
+                                 target, self.gpt.cfg.eos)
+            acc = (logits.argmax(-1) == target)[keep].float().mean()
+        return {"loss": float(loss.detach()), "acc": float(acc)}
+
+    def state_dict(self) -> dict:
+        return {"gpt": self.gpt.state_dict(), "optim": self.optim.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gpt.load_state_dict(state["gpt"])
+        self.optim.load_state_dict(state["optim"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def slice_frames(x: torch.Tensor, starts: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-row window x[i, :, starts[i]:starts[i]+size], zero-padded past the end."""
+    if x.shape[-1] < int(starts.max()) + size:
+        x = F.pad(x, (0, int(starts.max()) + size - x.shape[-1]))
+    return torch.stack([x[i, :, int(s): int(s) + size] for i, s in enumerate(starts)])
