@@ -185,7 +185,7 @@ class SynthesizerTrn(nn.Module):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: torch.Tensor | None = None,
-               noise_scale: float = 0.5, speed: float | list[float] = 1.0, *, ge: torch.Tensor | None = None,
+               noise_scale: float | list[float] = 0.5, speed: float | list[float] = 1.0, *, ge: torch.Tensor | None = None,
                code_lengths: torch.Tensor | None = None, text_lengths: torch.Tensor | None = None,
                generator: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic codes (1, B, T25) + phones (B, Tt) + timbre -> (wav (B, 1, N), lengths (B,)).
@@ -211,7 +211,8 @@ class SynthesizerTrn(nn.Module):
         noise = torch.randn_like(m_p) if generator is None else torch.stack(
             # drawn time-major, so a line's noise is the same whatever the padded length of its batch
             [torch.randn(m_p.shape[2], m_p.shape[1], generator=g).t().to(m_p) for g in generator])
-        z_p = m_p + noise * torch.exp(logs_p) * noise_scale
+        scale = torch.as_tensor(noise_scale, dtype=m_p.dtype, device=m_p.device).reshape(-1, 1, 1)
+        z_p = m_p + noise * torch.exp(logs_p) * scale
         z = self.flow(z_p, y_mask, g=ge, reverse=True)
         frames = y_mask[:, 0].sum(-1).long()
         full = bool((frames == y_mask.shape[-1]).all())
@@ -219,17 +220,20 @@ class SynthesizerTrn(nn.Module):
         return o, frames * self.cfg.total_upsample
 
     # ---------------------------------------------------------------- training
-    def forward(self, ssl, spec, spec_lengths, text, text_lengths):
+    def forward(self, ssl, spec, spec_lengths, text, text_lengths, codes=None):
         """Teacher-forced pass for training.
 
         ssl (B, ssl_dim, T50) SSL features aligned with spec (B, bins, T50) linear spectrogram
         frames; returns the waveform slice for the segment, its frame ids, masks and the prior /
-        posterior statistics the KL loss needs.
+        posterior statistics the KL loss needs. With a frozen quantizer the semantic tokens
+        `codes` (1, B, T25) can stand in for `ssl`: the codebook lookup is the same quantized input.
         """
         y_mask = sequence_mask(spec_lengths, spec.size(2)).unsqueeze(1).to(spec.dtype)
         ge = self.ref_enc(spec[:, : self.cfg.ref_spec_bins] * y_mask, y_mask)
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            if self.cfg.freeze_quantizer:
+            if codes is not None:
+                quantized, commit_loss = self.quantizer.decode(codes), spec.new_zeros(())
+            elif self.cfg.freeze_quantizer:
                 self.ssl_proj.eval()
                 self.quantizer.eval()
                 with torch.no_grad():

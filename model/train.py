@@ -23,16 +23,17 @@ from .spectrogram import mel_spectrogram, spec_to_mel
 
 @dataclass
 class SoVITSBatch:
-    ssl: torch.Tensor  # (B, ssl_dim, T50) SSL features
+    ssl: torch.Tensor | None  # (B, ssl_dim, T50) SSL features, or None when `codes` are given
     spec: torch.Tensor  # (B, bins, T) linear spectrogram, T ~ T50
     spec_lengths: torch.Tensor  # (B,)
     wav: torch.Tensor  # (B, 1, T * hop) 32 kHz audio
     text: torch.Tensor  # (B, Tt) phone ids
     text_lengths: torch.Tensor  # (B,)
+    codes: torch.Tensor | None = None  # (1, B, T25) semantic tokens (frozen quantizer only)
 
     def to(self, device) -> "SoVITSBatch":
-        return SoVITSBatch(*(t.to(device) for t in (self.ssl, self.spec, self.spec_lengths, self.wav,
-                                                      self.text, self.text_lengths)))
+        return SoVITSBatch(*(None if t is None else t.to(device) for t in (
+            self.ssl, self.spec, self.spec_lengths, self.wav, self.text, self.text_lengths, self.codes)))
 
 
 @dataclass
@@ -85,7 +86,7 @@ class SoVITSTrainer:
         seg_frames = c.segment_size // c.hop_length
         with _autocast(self.device, self.precision):
             y_hat, ids, z_mask, (z, z_p, m_p, logs_p, m_q, logs_q), commit = self.net_g(
-                b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths)
+                b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, codes=b.codes)
             mel = spec_to_mel(b.spec.float(), c.filter_length, c.n_mel_channels, c.sampling_rate, c.mel_fmin, c.mel_fmax)
             y_mel = slice_frames(mel, ids, seg_frames)
             y_hat_mel = mel_spectrogram(y_hat.squeeze(1).float(), c.filter_length, c.n_mel_channels, c.sampling_rate,

@@ -50,7 +50,7 @@ AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 # Lossy containers only know their length approximately (an MP3 without a Xing header estimates
 # it from the bitrate), so a short read there counts as truncation only past this fraction.
-_LOSSY_FORMATS = frozenset({"MP3", "OGG", "MPC2K"})
+_LOSSY_FORMATS = frozenset({"MP3", "OGG"})
 _LOSSY_SHORTFALL_TOLERANCE = 0.02
 # How much of a WAV file's start we read to find its data chunk header.
 _WAV_HEAD_BYTES = 64 * 1024

@@ -1,0 +1,75 @@
+"""Ray runtime: a local cluster by default, an existing cluster when RAY_ADDRESS is set.
+
+Heavy work (feature extraction, fine-tuning, synthesis) runs in Ray tasks and actors with explicit
+resource requests; this module starts Ray once per process, forwards the object-store settings
+(AWS_* variables) to workers, and reports the dashboard URL for the CLI to print.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+FORWARDED_ENV_PREFIXES = ("AWS_", "FSSPEC_", "VOICEFLEET_", "HF_", "TRANSFORMERS_")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one unit of heavy work asks Ray for. Fractional GPUs pack several units on one card."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def options(self) -> dict:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
+
+def worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str | None:
+    """Start (or join) Ray once; returns the dashboard URL when there is one."""
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs: dict = dict(
+            runtime_env={"env_vars": worker_env()},
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("VOICEFLEET_RAY_LOGS", "0") == "1",
+            configure_logging=True,
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=os.environ.get("VOICEFLEET_DASHBOARD", "1") == "1",
+                     **kwargs)
+        try:
+            from ray.data import DataContext
+
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = False
+        except Exception:  # noqa: BLE001 — cosmetic settings only
+            pass
+    return dashboard_url()
+
+
+def dashboard_url() -> str | None:
+    try:
+        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+    except Exception:  # noqa: BLE001
+        url = None
+    if not url:
+        try:
+            url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001
+        except Exception:  # noqa: BLE001
+            url = None
+    if url and not url.startswith("http"):
+        url = "http://" + url
+    return url or None
