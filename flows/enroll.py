@@ -1,0 +1,135 @@
+"""Prefect flow `enroll_batch`: enrollment uploads -> checked datasets -> fine-tuned, registered voices.
+
+    discover speakers -> prepare (ingest, checks, features; Ray task per speaker)
+      -> train (fine-tune + evaluation clip; Ray task per speaker, GPU if asked)
+      -> register (immutable version, current) -> report (Parquet + Prefect table artifact)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger
+from prefect import task as prefect_task
+from prefect.cache_policies import NONE
+
+task = prefect_task(cache_policy=NONE)
+from prefect.artifacts import create_table_artifact
+
+from voicefleet.tasks.base_model import base_spec
+from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
+from voicefleet.tasks.finetune import Recipe
+from voicefleet.tasks.ingest import discover_speakers
+from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry
+from voicefleet.tasks.runtime import Resources, ensure_ray
+from voicefleet.tasks.storage import Store
+
+from .progress import report
+
+DEFAULT_STORE = "./voicefleet-data"
+
+
+@task
+def discover(src: str) -> list[str]:
+    return discover_speakers(Store(src))
+
+
+@task
+def prepare(src: str, store: str, speakers: list[str], base: str, run_id: str, qc: dict | None,
+            resources: Resources) -> list[SpeakerResult]:
+    registry = VoiceRegistry(Store(store))
+    known = {}
+    for s in speakers:
+        try:
+            known[s] = registry.version(s).metrics.get("source_hash")
+        except (UnknownVoice, RegistryError, ValueError):
+            known[s] = None
+    report("prepare", total=len(speakers), done=0)
+    done = []
+    calls = [(s, (src, store, s, base, run_id, qc, known[s])) for s in speakers]
+    return run_on_ray(prepare_speaker, calls, resources,
+                      on_done=lambda r: (done.append(r), report("prepare", total=len(speakers), done=len(done))))
+
+
+@task
+def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, resources: Resources) -> list[SpeakerResult]:
+    registry = VoiceRegistry(Store(store))
+    ready = []
+    out = []
+    for p in prepared:
+        try:
+            registry.ensure_voice(p.speaker_id, p.owner, p.sharing)
+            registry.set_status(p.speaker_id, "training")
+            ready.append(p)
+        except (RegistryError, ValueError) as e:
+            out.append(p.model_copy(update={"status": "failed", "reasons": [str(e)]}))
+    report("train", total=len(ready), done=0)
+    done = []
+    calls = [(p.speaker_id, (store, p, base, recipe, resources.device)) for p in ready]
+    out += run_on_ray(train_voice, calls, resources,
+                      on_done=lambda r: (done.append(r), report("train", total=len(ready), done=len(done))))
+    return out
+
+
+@task
+def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[SpeakerResult]:
+    registry = VoiceRegistry(Store(store))
+    out = []
+    for r in trained:
+        if r.status != "trained":
+            try:
+                registry.set_status(r.speaker_id, "failed", "; ".join(r.reasons)[:500])
+            except (RegistryError, ValueError):
+                pass
+            out.append(r)
+            continue
+        files = {"gpt": f"{r.run_prefix}/gpt.ckpt", "sovits": f"{r.run_prefix}/sovits.pth",
+                 "ref_wav": f"{r.run_prefix}/ref.wav", "dataset": f"{r.run_prefix}/dataset.parquet",
+                 "eval": f"{r.run_prefix}/eval.flac"}
+        metrics = dict(r.metrics, source_hash=r.source_hash, seconds=r.seconds)
+        v = registry.add_version(r.speaker_id, {
+            "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
+            "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
+            "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent})
+        out.append(r.model_copy(update={"status": "accepted", "voice_version": v.version}))
+    return out
+
+
+@task
+def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
+    rows = [{"speaker": r.speaker_id, "status": r.status, "version": r.voice_version, "seconds": r.seconds,
+             "reasons": "; ".join(r.reasons), "warnings": "; ".join(r.warnings)} for r in results]
+    s = Store(store)
+    key = f"reports/enroll/{run_id}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([
+        ("speaker", pa.string()), ("status", pa.string()), ("version", pa.int64()), ("seconds", pa.float64()),
+        ("reasons", pa.string()), ("warnings", pa.string())])), buf)
+    s.write_bytes(key, buf.getvalue())
+    counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed")}
+    try:
+        create_table_artifact(table=rows or [{"speaker": "-", "status": "no speakers found"}], key="enroll-summary",
+                              description=f"Enrollment run {run_id}: {counts}. Report: {s.url(key)}")
+    except Exception:  # noqa: BLE001 — artifacts need an API; the report in the store is the record
+        get_run_logger().warning("could not create the Prefect artifact")
+    return {"run_id": run_id, "counts": counts, "report": s.url(key), "speakers": rows}
+
+
+@flow(name="enroll-batch", log_prints=True)
+def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = None, recipe: dict | None = None,
+                 num_gpus: float = 0.0, num_cpus: float = 1.0, qc: dict | None = None) -> dict:
+    """Enroll every speaker folder under `src` into the voice registry of `store`."""
+    ensure_ray()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    base = base_spec(pretrained)
+    recipe = Recipe(**(recipe or {})).model_dump()
+    resources = Resources(num_cpus=num_cpus, num_gpus=num_gpus)
+    speakers = discover(src)
+    prepared = prepare(src, store, speakers, base, run_id, qc, resources)
+    ok = [p for p in prepared if p.status == "prepared"]
+    trained = train(store, ok, base, recipe, resources) if ok else []
+    registered = register(store, trained, recipe)
+    return summarize(store, run_id, [p for p in prepared if p.status != "prepared"] + registered)

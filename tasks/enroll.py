@@ -1,0 +1,157 @@
+"""Enrollment units of work, run on Ray: prepare a speaker (ingest, checks, features) and train a
+voice (fine-tune, evaluation clip, checkpoints). Each returns a small record; datasets and
+checkpoints go to the object store under `voices/<voice_id>/runs/<run_id>/`.
+
+A speaker that fails any step becomes a result with its reasons; the others go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import traceback
+from typing import Callable, Iterable
+
+import numpy as np
+import ray
+from pydantic import BaseModel, Field
+
+from .audio import encode_wav, load_audio
+from .base_model import load_base
+from .features import FeatureError, build_dataset, read_dataset, reference_prompt
+from .finetune import Recipe, TrainingFailed, finetune
+from .ingest import SR, QCConfig, RejectedSpeaker, ingest_speaker
+from .runtime import Resources
+from .storage import Store
+
+EVAL_TEXT = {"en": "This is my new voice, rendered by voicefleet.", "zh": "这是我的新声音。"}
+
+
+class SpeakerResult(BaseModel):
+    """One row of the enrollment report."""
+
+    speaker_id: str
+    status: str  # accepted | rejected | failed | unchanged
+    reasons: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    voice_version: int | None = None
+    run_prefix: str | None = None
+    source_hash: str | None = None
+    owner: str | None = None
+    sharing: str | list[str] | None = None
+    consent: dict = Field(default_factory=dict)
+    ref_text: str | None = None
+    ref_language: str | None = None
+    prompt_tokens: list[int] = Field(default_factory=list)
+    metrics: dict = Field(default_factory=dict)
+
+
+def run_prefix(voice_id: str, run_id: str) -> str:
+    return f"voices/{voice_id}/runs/{run_id}"
+
+
+def make_frontend(bert_dir: str | None = None):
+    from voicefleet.model.text.frontend import TextFrontend
+
+    return TextFrontend(bert_dir=bert_dir)
+
+
+def prepare_speaker(src_uri: str, store_uri: str, speaker: str, base_spec: str, run_id: str,
+                    qc: dict | None = None, known_hash: str | None = None) -> SpeakerResult:
+    """Ingest + checks + features for one speaker; writes dataset.parquet and ref.wav."""
+    src, store = Store(src_uri), Store(store_uri)
+    try:
+        upload = ingest_speaker(src, speaker, QCConfig(**(qc or {})))
+    except RejectedSpeaker as e:
+        return SpeakerResult(speaker_id=speaker, status="rejected", reasons=e.reasons)
+    digest = hashlib.sha256()
+    for u in sorted(upload.utterances, key=lambda u: u.file):
+        digest.update(u.file.encode() + u.text.encode() + u.audio.tobytes())
+    digest.update(upload.consent.model_dump_json().encode())
+    source_hash = digest.hexdigest()
+    common = dict(speaker_id=speaker, source_hash=source_hash, owner=upload.consent.owner,
+                  sharing=upload.consent.scope.sharing, consent=upload.consent.model_dump(mode="json"),
+                  seconds=round(upload.seconds, 2), warnings=upload.file_problems)
+    if known_hash == source_hash:
+        return SpeakerResult(status="unchanged", reasons=["same audio, text and consent as the current version"], **common)
+    base = load_base(base_spec)
+    try:
+        data, problems = build_dataset(upload, base, make_frontend(base.bert_dir))
+        tokens = reference_prompt(upload, base)
+    except (FeatureError, ValueError) as e:
+        return SpeakerResult(status="rejected", reasons=[str(e)], **common)
+    prefix = run_prefix(speaker, run_id)
+    store.write_bytes(f"{prefix}/dataset.parquet", data)
+    store.write_bytes(f"{prefix}/ref.wav", encode_wav(upload.reference.audio, SR))
+    common["warnings"] = upload.file_problems + problems
+    return SpeakerResult(status="prepared", run_prefix=prefix, ref_text=upload.reference.text,
+                         ref_language=upload.reference.language, prompt_tokens=tokens.tolist(), **common)
+
+
+def train_voice(store_uri: str, prepared: SpeakerResult, base_spec: str, recipe: dict, device: str = "cpu") -> SpeakerResult:
+    """Fine-tune from the base, save official-format checkpoints, render an evaluation clip."""
+    import torch
+
+    from voicefleet.model.checkpoint import save_gpt, save_sovits
+    from voicefleet.model.synthesizer import LineRequest, LineSettings, Synthesizer, VoicePrompt
+
+    store, prefix = Store(store_uri), prepared.run_prefix
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+                          if ray.is_initialized() else torch.get_num_threads())
+    try:
+        base = load_base(base_spec)
+        frontend = make_frontend(base.bert_dir)
+        rows = read_dataset(store.read_bytes(f"{prefix}/dataset.parquet"))
+        for r in rows:
+            r["bert"] = frontend.features(r["text"], r["language"]).bert
+        result = finetune(rows, base.gpt, base.sovits, Recipe(**recipe), device, base.discriminator_state,
+                          log=lambda *_: None)
+        for name, save in (("gpt.ckpt", save_gpt), ("sovits.pth", save_sovits)):
+            buf = io.BytesIO()
+            save(result.gpt if name == "gpt.ckpt" else result.sovits, buf, info=f"voicefleet {prepared.speaker_id}")
+            store.write_bytes(f"{prefix}/{name}", buf.getvalue())
+        # evaluation clip: the new voice speaking a fixed sentence
+        ref = load_audio(store.read_bytes(f"{prefix}/ref.wav"), SR, name="ref.wav")
+        synth = Synthesizer(frontend, device=device)
+        voice = synth.load_voice(result.gpt, result.sovits, VoicePrompt(
+            ref, prepared.ref_text, prepared.ref_language, np.asarray(prepared.prompt_tokens)))
+        lang = prepared.ref_language if prepared.ref_language in EVAL_TEXT else "en"
+        t0 = time.perf_counter()
+        out = synth.synthesize(voice, [LineRequest(EVAL_TEXT[lang], lang, LineSettings(seed=0))])[0]
+        if isinstance(out, Exception):
+            raise TrainingFailed(f"evaluation clip failed: {out}")
+        from .audio import encode_flac
+
+        store.write_bytes(f"{prefix}/eval.flac", encode_flac(out.wav, out.sample_rate))
+        metrics = dict(result.metrics, eval_seconds=round(len(out.wav) / out.sample_rate, 2),
+                       eval_rtf=round((time.perf_counter() - t0) / max(len(out.wav) / out.sample_rate, 1e-6), 3),
+                       eval_truncated=out.truncated, base_model=base.name, untrained_base=base.untrained)
+    except (TrainingFailed, ValueError, RuntimeError) as e:
+        return prepared.model_copy(update={"status": "failed", "reasons": [f"{type(e).__name__}: {e}"]})
+    except Exception as e:  # noqa: BLE001 — report, never crash the batch
+        return prepared.model_copy(update={"status": "failed", "reasons": [
+            f"unexpected {type(e).__name__}: {e}", traceback.format_exc(limit=3)]})
+    return prepared.model_copy(update={"status": "trained", "metrics": metrics})
+
+
+def run_on_ray(fn: Callable, calls: Iterable[tuple[str, tuple]], resources: Resources,
+               on_done: Callable[[SpeakerResult], None] | None = None) -> list[SpeakerResult]:
+    """Submit fn(*args) per (name, args) as named Ray tasks; collect results as they finish."""
+    remote = ray.remote(fn)
+    pending = {}
+    for name, args in calls:
+        ref = remote.options(name=f"{fn.__name__}:{name}", max_retries=1, **resources.options()).remote(*args)
+        pending[ref] = name
+    results = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(done[0])
+        try:
+            res = ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 — a crashed worker fails its speaker only
+            res = SpeakerResult(speaker_id=name, status="failed", reasons=[f"worker error: {type(e).__name__}: {e}"])
+        results.append(res)
+        if on_done:
+            on_done(res)
+    return results

@@ -1,0 +1,646 @@
+"""The voice registry: which voices exist, who owns them, their versions, and who may render.
+
+It lives in the object store next to the data (no server), under two prefixes:
+
+    registry/<voice_id>/rev-0000000007.json   one revision of the voice's record (`VoiceRecord`)
+    voices/<voice_id>/v<N>/version.json        version N of the voice (`VersionRecord`), immutable
+
+**Versions** are written once. `add_version` picks N = 1 + the highest registered version and
+creates `version.json` with an *exclusive create*; if that key already exists (another writer got
+there first, or an earlier run crashed after writing it), it tries N + 1. Then the record is updated
+so that N is listed and current.
+
+**Records** change (status, grants, current version, ...) under optimistic concurrency. Each change
+is a new, complete record written as `rev-<R+1>.json`, where R is the revision it was derived from,
+again with an exclusive create. The newest revision is the record; older ones stay as its history.
+Two writers that both read revision R race for `rev-<R+1>.json`: exactly one create succeeds, the
+other re-reads the record, re-applies its change to the winner's revision and tries `rev-<R+2>.json`
+(with a short random back-off, up to `max_attempts` times, then `RegistryConflict`). No update is
+lost and no lock is ever held, so a crashed writer blocks no one. Reading a record costs one listing
+of `registry/<voice_id>/` plus one read; `list()` costs one listing of `registry/` plus one read
+per voice.
+
+Exclusive create, per backend:
+
+- local folder: the bytes go to a hidden temp file, then `os.link(temp, key)`, which fails with
+  `FileExistsError` when the key exists; the record appears complete or not at all.
+- S3: a conditional PUT, `If-None-Match: *` (s3fs `pipe_file(..., mode="create")`): S3 answers
+  412 when the key exists, and 409 when a concurrent conditional write is in flight (retried).
+  AWS S3 has supported this since 2024-08; moto 5.2 and current MinIO do too. An S3-compatible
+  server that silently *ignores* the header would turn every create into an overwrite, so before
+  the first write the registry probes it once (create the same scratch key twice, expect a
+  refusal) and raises `UnsafeStore` if the server does not refuse.
+- any other fsspec protocol: `UnsafeStore`, unless the registry is built with
+  `allow_unsafe_writes=True` -- then a create is "check that the key is absent, then write",
+  which is correct only with a single writer at a time (e.g. one enrollment flow, no concurrent
+  grant changes).
+
+A create whose response was lost and retried by the client can come back as "already exists" even
+though it was ours; the registry reads the object back and compares bytes before calling it a
+conflict.
+
+Authorization (`authorize`): a principal may render with a voice if it is the owner, the consent's
+sharing scope admits it ("public"; a list naming it; "org" when an `org_of` resolver says both are
+in the same organisation), or it holds an unexpired grant -- and the voice has a current version.
+Every refusal says what to do about it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from .storage import _TEMP_PREFIX, Store, safe_id
+
+__all__ = [
+    "Decision",
+    "Grant",
+    "InvalidGrant",
+    "InvalidPrincipal",
+    "InvalidStatus",
+    "MissingVersionFile",
+    "NewVersion",
+    "OwnerMismatch",
+    "RegistryConflict",
+    "RegistryError",
+    "Status",
+    "UnknownVersion",
+    "UnknownVoice",
+    "UnsafeStore",
+    "VersionRecord",
+    "VoiceRecord",
+    "VoiceRegistry",
+    "check_principal",
+    "decide",
+    "email_domain",
+]
+
+REGISTRY_PREFIX = "registry"
+VOICES_PREFIX = "voices"
+STATUSES = ("queued", "training", "ready", "failed")
+SHARING_LEVELS = ("private", "org", "public")
+REQUIRED_FILES = ("gpt", "sovits")
+MAX_PRINCIPAL_LENGTH = 256
+
+Status = Literal["queued", "training", "ready", "failed"]
+Sharing = Union[Literal["private", "org", "public"], list[str]]
+"""Who besides the owner may render, as the speaker's consent says: a level or named principals."""
+
+_REVISION_FILE = re.compile(r"rev-(\d+)\.json")
+_VERSION_DIR = re.compile(r"v(\d+)")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class RegistryError(Exception):
+    """Base class of every registry failure."""
+
+
+class UnknownVoice(RegistryError, KeyError):
+    """No voice with this id is registered."""
+
+    def __init__(self, voice_id: str) -> None:
+        super().__init__(f"unknown voice {voice_id}")
+        self.voice_id = voice_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class UnknownVersion(RegistryError, KeyError):
+    """The voice exists but has no such version (or no current version yet)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidPrincipal(RegistryError, ValueError):
+    """A principal that is empty, too long, or contains control characters."""
+
+
+class InvalidStatus(RegistryError, ValueError):
+    """An unknown status, or "ready" for a voice that has no version."""
+
+
+class OwnerMismatch(RegistryError, ValueError):
+    """`ensure_voice` named a different owner than the registered one."""
+
+
+class InvalidGrant(RegistryError, ValueError):
+    """A grant that would already be expired when written."""
+
+
+class MissingVersionFile(RegistryError, FileNotFoundError):
+    """A new version points at a store key that does not exist (or lacks a required file)."""
+
+
+class RegistryConflict(RegistryError, RuntimeError):
+    """Too many concurrent writers on one voice: the update was retried `max_attempts` times."""
+
+
+class UnsafeStore(RegistryError, RuntimeError):
+    """The store cannot create an object only-if-absent, so concurrent updates could be lost."""
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def check_principal(value: object) -> str:
+    """Return `value` stripped if it is a usable principal name, else raise `InvalidPrincipal`.
+
+    Principals are names like ``user:ada@example.com`` or ``svc:render-bot``; unlike ids they are
+    never used as path parts, so only emptiness, length and control characters are refused.
+    """
+    if not isinstance(value, str):
+        raise InvalidPrincipal(f"principal must be a string, got {type(value).__name__} {value!r}")
+    name = value.strip()
+    if not name:
+        raise InvalidPrincipal(f"principal is empty ({value!r})")
+    if len(name) > MAX_PRINCIPAL_LENGTH:
+        raise InvalidPrincipal(f"principal {name[:40]!r}... is {len(name)} characters long (max {MAX_PRINCIPAL_LENGTH})")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidPrincipal(f"principal {name!r} contains a control character")
+    return name
+
+
+def _check_sharing(value: Any) -> Sharing:
+    if isinstance(value, str):
+        if value not in SHARING_LEVELS:
+            raise ValueError(f"sharing must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
+        return value  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)) and value:
+        return [check_principal(p) for p in value]
+    raise ValueError(f"sharing must be one of {', '.join(SHARING_LEVELS)} or a non-empty list of principals, got {value!r}")
+
+
+class Grant(BaseModel):
+    """Permission for one principal to render with a voice, optionally until `expires_at`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principal: str
+    granted_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+
+    def active(self, at: datetime) -> bool:
+        return self.expires_at is None or at < self.expires_at
+
+
+class NewVersion(BaseModel):
+    """What a fine-tune produced: everything of a version except its number and timestamp."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_model: str
+    """The weights it was fine-tuned from: "tiny-random-v1", "pretrained:<dir name>", ..."""
+    untrained: bool
+    """True when the base had random weights: its audio is not speech-like."""
+    files: dict[str, str]
+    """Store keys of the version's artifacts: "gpt", "sovits" (required), "ref_wav", "dataset", ..."""
+    ref_text: str = ""
+    ref_language: str = ""
+    prompt_tokens: list[int] = Field(default_factory=list)
+    """The reference clip's semantic tokens (25 Hz), the GPT prompt at inference."""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    consent: dict[str, Any] = Field(default_factory=dict)
+    """Snapshot of the consent record the version was trained under."""
+
+    @field_validator("files")
+    @classmethod
+    def _has_checkpoints(cls, files: dict[str, str]) -> dict[str, str]:
+        missing = [name for name in REQUIRED_FILES if not files.get(name)]
+        if missing:
+            raise ValueError(f"files must name {', '.join(missing)} (got {sorted(files)})")
+        return files
+
+
+class VersionRecord(NewVersion):
+    """One immutable version of a voice, stored at `voices/<voice_id>/v<version>/version.json`."""
+
+    voice_id: str
+    version: int = Field(ge=1)
+    created_at: AwareDatetime
+
+
+class VoiceRecord(BaseModel):
+    """The mutable part of a voice: owner, status, versions, sharing and grants."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    voice_id: str
+    owner: str
+    status: Status = "queued"
+    status_reason: str | None = None
+    current_version: int | None = None
+    versions: list[int] = Field(default_factory=list)
+    sharing: Sharing = "private"
+    grants: list[Grant] = Field(default_factory=list)
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    revision: int = Field(default=0, ge=0)
+    """Number of the `rev-<N>.json` this record was read from (0 before it is first written)."""
+    write_id: str = ""
+    """Random id of the write that produced this revision (tells a lost response from a conflict)."""
+
+    @field_validator("sharing", mode="before")
+    @classmethod
+    def _sharing(cls, value: Any) -> Any:
+        return _check_sharing(value)
+
+    def grant_for(self, principal: str) -> Grant | None:
+        return next((g for g in self.grants if g.principal == principal), None)
+
+    def replace(self, **changes: Any) -> VoiceRecord:
+        """A validated copy with `changes` applied."""
+        return VoiceRecord.model_validate({**self.model_dump(), **changes})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a principal may render with a voice, and why (a sentence a person can act on)."""
+
+    allowed: bool
+    reason: str
+
+
+OrgResolver = Callable[[str], "str | None"]
+
+
+def email_domain(principal: str) -> str | None:
+    """An `org_of` resolver: the domain of an e-mail principal (``user:ada@example.com`` -> example.com)."""
+    _, at, domain = principal.rpartition("@")
+    return domain.lower() if at and domain else None
+
+
+def decide(record: VoiceRecord, principal: str, at: datetime, org_of: OrgResolver | None = None) -> Decision:
+    """The authorization rule, on a record already read (see `VoiceRegistry.authorize`)."""
+    voice, owner = record.voice_id, record.owner
+    if principal == owner:
+        why = f"principal {principal} owns voice {voice}"
+    elif record.sharing == "public":
+        why = f"voice {voice} is shared publicly"
+    elif isinstance(record.sharing, list) and principal in record.sharing:
+        why = f"voice {voice} is shared with {principal}"
+    elif record.sharing == "org" and org_of is not None and (org := org_of(owner)) and org_of(principal) == org:
+        why = f"voice {voice} is shared with organisation {org}"
+    elif (grant := record.grant_for(principal)) is not None and grant.active(at):
+        until = f" until {grant.expires_at.isoformat()}" if grant.expires_at else ""
+        why = f"principal {principal} has a grant for voice {voice}{until}"
+    elif grant is not None:
+        assert grant.expires_at is not None
+        return Decision(False, f"principal {principal}'s grant for voice {voice} expired at "
+                               f"{grant.expires_at.isoformat()} (owner {owner})")
+    else:
+        return Decision(False, f"principal {principal} has no grant for voice {voice} (owner {owner})")
+
+    if record.current_version is None:
+        detail = f"{record.status}: {record.status_reason}" if record.status_reason else record.status
+        return Decision(False, f"voice {voice} is not ready (status {detail})")
+    return Decision(True, f"{why}; renders version {record.current_version}")
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+
+class VoiceRegistry:
+    """Voices, versions and grants, kept in `store`; safe to use from many processes at once.
+
+    Args:
+        store: the object store (the same one the voices' files live in).
+        org_of: maps a principal to its organisation, for voices shared with "org"; without one,
+            "org" sharing admits no one beyond the owner and grants. `email_domain` is one choice.
+        max_attempts: how often a contended update is retried before `RegistryConflict`.
+        allow_unsafe_writes: accept a store without exclusive create (single writer only).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        org_of: OrgResolver | None = None,
+        max_attempts: int = 50,
+        allow_unsafe_writes: bool = False,
+    ) -> None:
+        self.store = store
+        self.org_of = org_of
+        self.max_attempts = max_attempts
+        self.allow_unsafe_writes = allow_unsafe_writes
+        self._create_checked = False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, voice_id: str) -> VoiceRecord:
+        """The voice's current record; `UnknownVoice` if it was never registered."""
+        record = self._load(safe_id(voice_id, "voice id"))
+        if record is None:
+            raise UnknownVoice(voice_id)
+        return record
+
+    def list(self) -> list[VoiceRecord]:
+        """Every registered voice, sorted by id (one listing, then one read per voice)."""
+        newest: dict[str, int] = {}
+        for key in self.store.list(REGISTRY_PREFIX):
+            parsed = _parse_record_key(key)
+            if parsed is not None:
+                voice_id, rev = parsed
+                newest[voice_id] = max(rev, newest.get(voice_id, 0))
+        return [self._read_revision(v, newest[v]) for v in sorted(newest)]
+
+    def version(self, voice_id: str, n: int | None = None) -> VersionRecord:
+        """Version `n` of the voice, or its current version when `n` is None."""
+        record = self.get(voice_id)
+        if n is None:
+            if record.current_version is None:
+                raise UnknownVersion(f"voice {voice_id} has no current version (status {record.status})")
+            n = record.current_version
+        if n not in record.versions:
+            raise UnknownVersion(f"voice {voice_id} has no version {n!r} (versions: {_listed(record.versions)})")
+        return VersionRecord.model_validate_json(self.store.read_bytes(_version_key(voice_id, n)))
+
+    def authorize(self, voice_id: str, principal: str, at: datetime | None = None) -> Decision:
+        """May `principal` render with `voice_id` at time `at` (now by default)?
+
+        Never raises for an unknown voice or a refusal: the `Decision` says why. Raises only for
+        malformed input (`InvalidId`, `InvalidPrincipal`, a naive `at`).
+        """
+        principal = check_principal(principal)
+        at = _aware(at or _now(), "at")
+        record = self._load(safe_id(voice_id, "voice id"))
+        if record is None:
+            return Decision(False, f"unknown voice {voice_id}")
+        return decide(record, principal, at, self.org_of)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_voice(self, voice_id: str, owner: str, sharing: Sharing = "private") -> VoiceRecord:
+        """Register the voice (status "queued") or, if it exists, bring its sharing up to date.
+
+        Raises `OwnerMismatch` if the voice is registered to another owner.
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        owner = check_principal(owner)
+        sharing = _check_sharing(sharing)
+
+        def change(record: VoiceRecord | None) -> VoiceRecord | None:
+            if record is None:
+                now = _now()
+                return VoiceRecord(voice_id=voice_id, owner=owner, sharing=sharing, created_at=now, updated_at=now)
+            if record.owner != owner:
+                raise OwnerMismatch(f"voice {voice_id} is owned by {record.owner}, not {owner}")
+            return None if record.sharing == sharing else record.replace(sharing=sharing)
+
+        return self._update(voice_id, change, create=True)
+
+    def set_status(self, voice_id: str, status: Status, reason: str | None = None) -> VoiceRecord:
+        """Record the state of the voice's latest training attempt (and why, for "failed")."""
+        if status not in STATUSES:
+            raise InvalidStatus(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            if status == "ready" and record.current_version is None:
+                raise InvalidStatus(f"voice {voice_id} cannot be ready: it has no version yet (add one first)")
+            return record.replace(status=status, status_reason=reason)
+
+        return self._update(voice_id, change)
+
+    def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True) -> VersionRecord:
+        """Register a new immutable version; it becomes current and the voice "ready".
+
+        The version's files must already be in the store (`MissingVersionFile` otherwise,
+        unless `check_files` is False). Its number is 1 + the highest registered version, or
+        higher when another writer took that number first.
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        new = new if isinstance(new, NewVersion) else NewVersion.model_validate(new)
+        for name, key in new.files.items():
+            self.store.fs_path(key)  # refuses keys that leave the store
+            if check_files and not self.store.exists(key):
+                raise MissingVersionFile(f"voice {voice_id}: version file {name} {self.store.url(key)} does not exist")
+
+        self._check_exclusive_create()
+        n = max(self.get(voice_id).versions, default=0) + 1
+        while True:
+            version = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
+            if self._create(_version_key(voice_id, n), _to_json(version)):
+                break
+            n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            return record.replace(versions=sorted({*record.versions, n}), current_version=n,
+                                  status="ready", status_reason=None)
+
+        self._update(voice_id, change)
+        return version
+
+    def rollback(self, voice_id: str, n: int) -> VoiceRecord:
+        """Make registered version `n` current again (and the voice "ready")."""
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            if n not in record.versions:
+                raise UnknownVersion(f"voice {voice_id} has no version {n!r} (versions: {_listed(record.versions)})")
+            reason = f"rolled back from version {record.current_version} to {n}"
+            return record.replace(current_version=n, status="ready", status_reason=reason)
+
+        return self._update(voice_id, change)
+
+    def grant(self, voice_id: str, principal: str, expires_at: datetime | None = None) -> VoiceRecord:
+        """Let `principal` render with the voice (until `expires_at`); replaces an earlier grant."""
+        principal = check_principal(principal)
+        now = _now()
+        if expires_at is not None and _aware(expires_at, "expires_at") <= now:
+            raise InvalidGrant(f"grant for {principal} on voice {voice_id} would expire at "
+                             f"{expires_at.isoformat()}, which is not in the future")
+        grant = Grant(principal=principal, granted_at=now, expires_at=expires_at)
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            others = [g for g in record.grants if g.principal != principal]
+            return record.replace(grants=[*others, grant])
+
+        return self._update(voice_id, change)
+
+    def revoke(self, voice_id: str, principal: str) -> bool:
+        """Remove `principal`'s grant; False (and nothing written) if it had none."""
+        principal = check_principal(principal)
+        removed = False
+
+        def change(record: VoiceRecord) -> VoiceRecord | None:
+            nonlocal removed
+            removed = record.grant_for(principal) is not None
+            return record.replace(grants=[g for g in record.grants if g.principal != principal]) if removed else None
+
+        self._update(voice_id, change)
+        return removed
+
+    # -- optimistic concurrency ------------------------------------------------------------
+
+    def _update(
+        self,
+        voice_id: str,
+        change: Callable[[Any], VoiceRecord | None],
+        *,
+        create: bool = False,
+    ) -> VoiceRecord:
+        """Apply `change` to the newest revision and write it as the next one; retry on conflict.
+
+        `change` gets the current record (or None, only when `create`), returns the new record,
+        or None for "nothing to change". It may run several times, so it must not have effects
+        beyond its return value.
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        self._check_exclusive_create()
+        for attempt in range(self.max_attempts):
+            current = self._load(voice_id)
+            if current is None and not create:
+                raise UnknownVoice(voice_id)
+            updated = change(current)
+            if updated is None:
+                assert current is not None
+                return current
+            revision = (current.revision if current else 0) + 1
+            updated = updated.replace(revision=revision, write_id=uuid.uuid4().hex,
+                                      updated_at=max(_now(), updated.created_at))
+            if self._create(_record_key(voice_id, revision), _to_json(updated)):
+                return updated
+            time.sleep(random.uniform(0.005, 0.02) * min(attempt + 1, 10))
+        raise RegistryConflict(f"voice {voice_id}: gave up after {self.max_attempts} concurrent-update conflicts")
+
+    def _load(self, voice_id: str) -> VoiceRecord | None:
+        revisions = [rev for key in self.store.list(f"{REGISTRY_PREFIX}/{voice_id}")
+                     if (parsed := _parse_record_key(key)) is not None and parsed[0] == voice_id
+                     for rev in (parsed[1],)]
+        return self._read_revision(voice_id, max(revisions)) if revisions else None
+
+    def _read_revision(self, voice_id: str, revision: int) -> VoiceRecord:
+        record = VoiceRecord.model_validate_json(self.store.read_bytes(_record_key(voice_id, revision)))
+        if record.revision != revision:  # a copied or hand-edited file: trust its name
+            record = record.replace(revision=revision)
+        return record
+
+    # -- exclusive create ------------------------------------------------------------------
+
+    def _create(self, key: str, data: bytes) -> bool:
+        """Write `data` at `key` only if absent. True if we wrote it, False if someone else did."""
+        store = self.store
+        try:
+            if store.is_local:
+                _create_local(store.fs_path(key), data)
+            elif store.protocol in ("s3", "s3a"):
+                store.fs.pipe_file(store.fs_path(key), data, mode="create")
+            else:  # allow_unsafe_writes: check, then write (single writer only)
+                if store.exists(key):
+                    return False
+                store.write_bytes(key, data)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as e:
+            if e.errno != errno.EBUSY:  # S3 409 ConditionalRequestConflict: a concurrent create
+                raise
+            return False
+        try:  # a retried request whose first attempt succeeded also lands here
+            return store.read_bytes(key) == data
+        except FileNotFoundError:
+            return False
+
+    def _check_exclusive_create(self) -> None:
+        """Refuse (`UnsafeStore`) a store on which "create only if absent" is not enforced."""
+        if self._create_checked or self.store.is_local:
+            self._create_checked = True
+            return
+        store = self.store
+        if store.protocol not in ("s3", "s3a"):
+            if not self.allow_unsafe_writes:
+                raise UnsafeStore(
+                    f"store {store.uri}: protocol {store.protocol!r} has no exclusive create the registry "
+                    "knows; use a local folder or S3, or pass allow_unsafe_writes=True for a single writer")
+        else:
+            probe = f"{REGISTRY_PREFIX}/_probe/{uuid.uuid4().hex}.json"
+            try:
+                store.fs.pipe_file(store.fs_path(probe), b"1", mode="create")
+                try:
+                    store.fs.pipe_file(store.fs_path(probe), b"2", mode="create")
+                    enforced = False
+                except FileExistsError:
+                    enforced = True
+            finally:
+                store.delete(probe)
+            if not enforced and not self.allow_unsafe_writes:
+                raise UnsafeStore(
+                    f"store {store.uri}: the S3 server ignored 'If-None-Match: *' (a second create of the same "
+                    "key succeeded), so concurrent registry updates could be lost; use AWS S3 or a server "
+                    "with conditional writes (MinIO >= 2024-11), or pass allow_unsafe_writes=True for a "
+                    "single writer")
+        self._create_checked = True
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _record_key(voice_id: str, revision: int) -> str:
+    return f"{REGISTRY_PREFIX}/{voice_id}/rev-{revision:010d}.json"
+
+
+def _version_key(voice_id: str, n: int) -> str:
+    return f"{VOICES_PREFIX}/{voice_id}/v{n}/version.json"
+
+
+def _parse_record_key(key: str) -> tuple[str, int] | None:
+    """`registry/<voice>/rev-<N>.json` -> (voice, N); None for anything else under the prefix."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != REGISTRY_PREFIX:
+        return None
+    match = _REVISION_FILE.fullmatch(parts[2])
+    if match is None:
+        return None
+    try:
+        return safe_id(parts[1]), int(match.group(1))
+    except ValueError:
+        return None
+
+
+def _create_local(path: str, data: bytes) -> None:
+    """Create `path` holding `data`, or raise FileExistsError; never visible half-written."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)  # atomic; fails if `path` exists
+    finally:
+        os.unlink(tmp)
+
+
+def _to_json(model: BaseModel) -> bytes:
+    return model.model_dump_json(indent=2).encode("utf-8")
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must carry a time zone (e.g. datetime.now(timezone.utc)), got {value.isoformat()}")
+    return value
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(map(str, versions)) or "none"
