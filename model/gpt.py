@@ -265,12 +265,14 @@ class Text2SemanticDecoder(nn.Module):
         params: SamplingParams | None = None,
         seeds: list[int] | None = None,
         use_cache: bool = True,
+        limits: list[int] | None = None,
     ) -> GenerationResult:
         """Decode many lines together; each line stops at its own EOS or length guard.
 
         phones[i] (Lx_i,) phone ids; bert[i] (bert_dim, Lx_i); prompts[i] (Lp_i,) semantic tokens of
         the reference clip, or None for reference-free decoding. seeds[i] seeds line i's own
-        random stream, so a line decodes the same alone or in any batch.
+        random stream, so a line decodes the same alone or in any batch. limits[i] caps line i's
+        new tokens (default: params.max_new_tokens, and max_tokens_per_phone x its phones).
         """
         p = params or SamplingParams()
         dev = self.ar_predict_layer.weight.device
@@ -289,7 +291,9 @@ class Text2SemanticDecoder(nn.Module):
             bert_pad[i, :, : b.shape[-1]] = b.to(dev)
 
         limit = torch.full((B,), p.max_new_tokens, dtype=torch.long)
-        if p.max_tokens_per_phone is not None:
+        if limits is not None:
+            limit = torch.minimum(limit, torch.as_tensor(limits, dtype=torch.long))
+        elif p.max_tokens_per_phone is not None:
             guard = (x_lens.cpu().float() * p.max_tokens_per_phone).ceil().long().clamp(min=p.min_new_tokens + 1)
             limit = torch.minimum(limit, guard)
 

@@ -137,7 +137,7 @@ class Synthesizer:
         return LoadedVoice(gpt, sovits, ids.long(), bert.float(), tokens, ge)
 
     def sentences(self, req: LineRequest) -> list[str]:
-        pieces = self.frontend.split_sentences(req.text, method=req.settings.cut)
+        pieces = self.frontend.split_sentences(req.text, method=req.settings.cut, language=req.language)
         out = [ensure_final_punct(p, req.language) for p in pieces if p.strip() and any(c not in SPLITS for c in p.strip())]
         if not out:
             raise SynthesisError(f"text has nothing to speak: {req.text!r}")
