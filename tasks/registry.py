@@ -29,7 +29,7 @@ Exclusive create, per backend:
   AWS S3 has supported this since 2024-08; moto 5.2 and current MinIO do too. An S3-compatible
   server that silently *ignores* the header would turn every create into an overwrite, so before
   the first write the registry probes it once (create the same scratch key twice, expect a
-  refusal) and raises `UnsafeStore` if the server does not refuse.
+  refusal; once per process and store) and raises `UnsafeStore` if the server does not refuse.
 - any other fsspec protocol: `UnsafeStore`, unless the registry is built with
   `allow_unsafe_writes=True` -- then a create is "check that the key is absent, then write",
   which is correct only with a single writer at a time (e.g. one enrollment flow, no concurrent
@@ -98,6 +98,7 @@ Sharing = Union[Literal["private", "org", "public"], list[str]]
 """Who besides the owner may render, as the speaker's consent says: a level or named principals."""
 
 _REVISION_FILE = re.compile(r"rev-(\d+)\.json")
+_VERIFIED_STORES: set[str] = set()  # S3 stores whose conditional PUT this process has seen refuse
 _VERSION_DIR = re.compile(r"v(\d+)")
 
 
@@ -562,10 +563,10 @@ class VoiceRegistry:
 
     def _check_exclusive_create(self) -> None:
         """Refuse (`UnsafeStore`) a store on which "create only if absent" is not enforced."""
-        if self._create_checked or self.store.is_local:
+        store = self.store
+        if self._create_checked or store.is_local or store.uri in _VERIFIED_STORES:
             self._create_checked = True
             return
-        store = self.store
         if store.protocol not in ("s3", "s3a"):
             if not self.allow_unsafe_writes:
                 raise UnsafeStore(
@@ -582,12 +583,13 @@ class VoiceRegistry:
                     enforced = True
             finally:
                 store.delete(probe)
-            if not enforced and not self.allow_unsafe_writes:
+            if enforced:
+                _VERIFIED_STORES.add(store.uri)
+            elif not self.allow_unsafe_writes:
                 raise UnsafeStore(
                     f"store {store.uri}: the S3 server ignored 'If-None-Match: *' (a second create of the same "
                     "key succeeded), so concurrent registry updates could be lost; use AWS S3 or a server "
-                    "with conditional writes (MinIO >= 2024-11), or pass allow_unsafe_writes=True for a "
-                    "single writer")
+                    "that honours conditional writes, or pass allow_unsafe_writes=True for a single writer")
         self._create_checked = True
 
 
