@@ -91,7 +91,7 @@ def handled():
             err.print_exception()
         msg = str(e).strip().strip("'\"") or type(e).__name__
         label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found"}.get(code, "internal error")
-        err.print(f"[red]{label}[/]: {msg}", highlight=False)
+        err.print(f"[red]{label}[/]: {msg}", highlight=False, soft_wrap=True)
         if code == EXIT_INTERNAL:
             err.print("(set VOICEFLEET_DEBUG=1 for the traceback)")
         raise typer.Exit(code)

@@ -90,10 +90,14 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[Spe
                  "ref_wav": f"{r.run_prefix}/ref.wav", "dataset": f"{r.run_prefix}/dataset.parquet",
                  "eval": f"{r.run_prefix}/eval.flac"}
         metrics = dict(r.metrics, source_hash=r.source_hash, seconds=r.seconds)
-        v = registry.add_version(r.speaker_id, {
-            "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
-            "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
-            "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent})
+        try:
+            v = registry.add_version(r.speaker_id, {
+                "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
+                "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
+                "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent})
+        except (RegistryError, ValueError) as e:  # one speaker's registry problem never stops the batch
+            out.append(r.model_copy(update={"status": "failed", "reasons": [f"could not register: {e}"]}))
+            continue
         out.append(r.model_copy(update={"status": "accepted", "voice_version": v.version}))
     return out
 
