@@ -173,6 +173,8 @@ def print_enroll(summary: dict) -> int:
                   (r["reasons"] or r["warnings"] or "")[:200])
     console.print(t)
     console.print(f"report: {summary['report']}")
+    if summary.get("dashboard"):
+        console.print(f"Ray dashboard: {summary['dashboard']}")
     c = summary["counts"]
     return EXIT_PARTIAL if c["rejected"] or c["failed"] else EXIT_OK
 

@@ -126,7 +126,7 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
 def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = None, recipe: dict | None = None,
                  num_gpus: float = 0.0, num_cpus: float = 1.0, qc: dict | None = None) -> dict:
     """Enroll every speaker folder under `src` into the voice registry of `store`."""
-    ensure_ray()
+    dashboard = ensure_ray()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     base = base_spec(pretrained)
     recipe = Recipe(**(recipe or {})).model_dump()
@@ -136,4 +136,5 @@ def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = 
     ok = [p for p in prepared if p.status == "prepared"]
     trained = train(store, ok, base, recipe, resources) if ok else []
     registered = register(store, trained, recipe)
-    return summarize(store, run_id, [p for p in prepared if p.status != "prepared"] + registered)
+    summary = summarize(store, run_id, [p for p in prepared if p.status != "prepared"] + registered)
+    return {**summary, "dashboard": dashboard}

@@ -168,7 +168,7 @@ class SamplingParams:
     repetition_penalty: float = 1.35
     min_new_tokens: int = 11  # EOS is masked for the first 11 steps (0.44 s), as the reference does
     max_new_tokens: int = 1350  # hard cap per line: 54 s at 25 Hz
-    max_tokens_per_phone: float | None = 10.0  # runaway guard: at most this many tokens per phone
+    max_tokens_per_phone: float | None = 6.0  # runaway guard: ~3x the typical 2 tokens (80 ms) per phone
 
 
 @dataclass

@@ -53,7 +53,7 @@ class LineSettings:
     noise_scale: float = 0.5
     cut: str = "cut5"
     pause_s: float = 0.3
-    max_tokens_per_phone: float = 10.0
+    max_tokens_per_phone: float = 6.0  # runaway guard: ~3x the typical 2 tokens (80 ms) per phone
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(top_k=self.top_k, top_p=self.top_p, temperature=self.temperature,
