@@ -297,6 +297,7 @@ class Text2SemanticDecoder(nn.Module):
             guard = (x_lens.cpu().float() * p.max_tokens_per_phone).ceil().long().clamp(min=p.min_new_tokens + 1)
             limit = torch.minimum(limit, guard)
 
+        limit_list = limit.tolist()
         seen = torch.zeros(B, V, dtype=torch.bool, device=dev)  # tokens the repetition penalty applies to
         for i, q in enumerate(prompts):
             seen[i, q.to(dev)] = True
@@ -320,13 +321,13 @@ class Text2SemanticDecoder(nn.Module):
             tok = sample_rows(logits, gens, rows, p)
             step += 1
             keep = []
-            for j, r in enumerate(rows.tolist()):
-                t = int(tok[j])
-                if t == eos or int(greedy[j]) == eos:
+            # one host transfer per step (not one per row): matters on CUDA
+            for j, (r, t, g) in enumerate(zip(rows.tolist(), tok.tolist(), greedy.tolist())):
+                if t == eos or g == eos:
                     finished[r] = True
                     continue
                 out[r].append(t)
-                if len(out[r]) >= int(limit[r]):
+                if len(out[r]) >= limit_list[r]:
                     continue
                 keep.append(j)
             if not keep:

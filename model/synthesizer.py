@@ -117,10 +117,15 @@ def prompt_tokens(ssl: SSLExtractor, sovits: SynthesizerTrn, wav_16k: np.ndarray
 
 
 class Synthesizer:
-    def __init__(self, frontend, device: str | torch.device = "cpu", max_batch: int = 16):
+    def __init__(self, frontend, device: str | torch.device = "cpu", max_batch: int = 16,
+                 sovits_batch: int | None = None):
         self.frontend = frontend
         self.device = torch.device(device)
         self.max_batch = max_batch
+        # GPT decoding gains a lot from batching everywhere; the SoVITS decoder's huge audio-rate
+        # activations make batching a loss on CPU (benchmarks/model_rtf.py), so there it runs
+        # line by line unless told otherwise. Results are the same either way.
+        self.sovits_batch = sovits_batch or (1 if self.device.type == "cpu" else max_batch)
         self.timings = {"gpt_s": 0.0, "sovits_s": 0.0}
 
     def load_voice(self, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, prompt: VoicePrompt,
@@ -181,7 +186,6 @@ class Synthesizer:
         return results
 
     def _run_batch(self, voice: LoadedVoice, batch: list, outputs: dict) -> None:
-        dev = self.device
         t0 = time.perf_counter()
         settings = batch[0][4]
         phones = [torch.cat([voice.prompt_phones, ids]) for _, _, ids, _, _ in batch]
@@ -192,9 +196,18 @@ class Synthesizer:
                   for _, _, ids, _, _ in batch]
         gen = voice.gpt.generate(phones, berts, [voice.prompt_tokens] * len(batch), params, seeds, limits=limits)
         t1 = time.perf_counter()
-        lens = torch.tensor([max(len(t), 1) for t in gen.tokens], device=dev)
+        for start in range(0, len(batch), self.sovits_batch):
+            part = slice(start, start + self.sovits_batch)
+            self._decode(voice, batch[part], gen.tokens[part], gen.finished[part], outputs)
+        self.timings["gpt_s"] += t1 - t0
+        self.timings["sovits_s"] += time.perf_counter() - t1
+
+    def _decode(self, voice: LoadedVoice, batch: list, tokens: list[torch.Tensor], finished: list[bool],
+                outputs: dict) -> None:
+        dev = self.device
+        lens = torch.tensor([max(len(t), 1) for t in tokens], device=dev)
         codes = torch.zeros(1, len(batch), int(lens.max()), dtype=torch.long, device=dev)
-        for i, t in enumerate(gen.tokens):
+        for i, t in enumerate(tokens):
             codes[0, i, : len(t)] = t.to(dev)
         text_lens = torch.tensor([len(ids) for _, _, ids, _, _ in batch], device=dev)
         text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
@@ -206,9 +219,7 @@ class Synthesizer:
                                      text_lengths=text_lens, generator=gens)
         wav = wav.float().cpu().numpy()
         for i, (li, si, _, _, _) in enumerate(batch):
-            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(gen.tokens[i]), not gen.finished[i])
-        self.timings["gpt_s"] += t1 - t0
-        self.timings["sovits_s"] += time.perf_counter() - t1
+            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(tokens[i]), not finished[i])
 
 
 def sentence_seed(line_seed: int, sentence: int) -> int:

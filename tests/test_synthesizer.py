@@ -57,6 +57,9 @@ def test_batch_equals_single_lines(setup):
              LineRequest("你好，世界。", "zh", S(seed=3)),
              LineRequest("Mixed 中文 and English.", "auto", S(seed=4))]
     together = synth.synthesize(voice, lines)
+    wide = Synthesizer(synth.frontend, max_batch=8, sovits_batch=4).synthesize(voice, lines)  # batched SoVITS too
+    for a, b in zip(together, wide):
+        assert len(a.wav) == len(b.wav) and np.allclose(a.wav, b.wav, atol=1e-4)
     for line, out in zip(lines, together):
         alone = synth.synthesize(voice, [line])[0]
         assert out.sample_rate == 32000 and out.wav.dtype == np.float32
