@@ -45,7 +45,7 @@ voices_app = typer.Typer(help="Inspect registered voices.", no_args_is_help=True
 jobs_app = typer.Typer(help="Inspect render jobs.", no_args_is_help=True)
 app.add_typer(voices_app, name="voices")
 app.add_typer(jobs_app, name="jobs")
-console = Console(stderr=False)
+console = Console(soft_wrap=True)  # paths and commands stay on one line, copyable
 err = Console(stderr=True)
 
 StoreOpt = typer.Option(DEFAULT_STORE, "--store", help="Object store root: a folder, file://, s3:// or gs:// URI.")
@@ -358,17 +358,17 @@ def demo(store: str = StoreOpt,
         code = print_render(rsum)
         wall = time.perf_counter() - t0
         t = Table(title="demo summary", show_header=False)
-        t.add_column("", style="bold")
-        t.add_column("")
+        t.add_column("", style="bold", no_wrap=True)
+        t.add_column("", overflow="fold")
         for k, v in [("voices", ", ".join(voices)), ("lines", f"{rsum['lines']} ({rsum['ok']} ok)"),
                      ("audio", f"{rsum['audio_s']:.1f} s"), ("wall time", f"{wall:.0f} s"),
                      ("shards", rsum["output"] + "/shards/"), ("index", rsum["index_glob"]),
                      ("Ray dashboard", rsum.get("dashboard") or "-")]:
             t.add_row(k, str(v))
         console.print(t)
-        console.print("read the index with DuckDB:\n"
-                      f"  python -c \"import duckdb; print(duckdb.sql(\\\"select status, count(*), sum(duration_s) "
-                      f"from read_parquet('{rsum['index_glob']}') group by status\\\"))\"")
+        console.print("read the index with DuckDB:")
+        console.print(f"  python -c \"import duckdb; print(duckdb.sql(\\\"select status, count(*), sum(duration_s) "
+                      f"from read_parquet('{rsum['index_glob']}') group by status\\\"))\"", highlight=False)
         if not pretrained:
             console.print("[yellow]note[/]: these voices were fine-tuned from a tiny model with random weights "
                           "(no pretrained weights are shipped or downloaded): the pipeline is real, the audio is "

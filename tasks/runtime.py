@@ -49,6 +49,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str |
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=os.environ.get("VOICEFLEET_DASHBOARD", "1") == "1",
                      **kwargs)
+        if os.environ.get("VOICEFLEET_DEBUG") != "1":
+            for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         try:
             from ray.data import DataContext
 
