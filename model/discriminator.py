@@ -14,6 +14,17 @@ from torch.nn.utils import weight_norm
 from .modules import LRELU_SLOPE, get_padding
 
 
+def run_stack(convs, conv_post, x):
+    """Convs with leaky ReLU, then the output conv: (flattened scores, every feature map)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 def _w(c: int, div: int) -> int:
     return max(c // div, 1)
 
@@ -37,14 +48,7 @@ class DiscriminatorP(nn.Module):
             n = self.period - t % self.period
             x = F.pad(x, (0, n), "reflect")
             t += n
-        x = x.view(b, c, t // self.period, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return run_stack(self.convs, self.conv_post, x.view(b, c, t // self.period, self.period))
 
 
 class DiscriminatorS(nn.Module):
@@ -65,13 +69,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = weight_norm(nn.Conv1d(_w(1024, div), 1, 3, 1, padding=1))
 
     def forward(self, x):
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return run_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):

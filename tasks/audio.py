@@ -165,6 +165,17 @@ def _wav_truncation(head: bytes, size: int) -> str | None:
     return None
 
 
+def _open_checked(source: AudioSource, name: str | None) -> _Opened:
+    """Open a source and refuse what is visible before decoding: empty files, truncated WAVs."""
+    opened = _open(source, name)
+    if opened.size == 0:
+        raise AudioDecodeError(opened.name, "empty file (0 bytes)")
+    truncated = _wav_truncation(opened.head, opened.size)
+    if truncated:
+        raise AudioDecodeError(opened.name, truncated)
+    return opened
+
+
 def read_audio(source: AudioSource, *, name: str | None = None) -> tuple[np.ndarray, int]:
     """Decode a whole file to float32 samples at its native rate.
 
@@ -179,12 +190,7 @@ def read_audio(source: AudioSource, *, name: str | None = None) -> tuple[np.ndar
         AudioDecodeError: the file is missing, empty, not audio, truncated, has no samples, or
             decodes to non-finite values.
     """
-    opened = _open(source, name)
-    if opened.size == 0:
-        raise AudioDecodeError(opened.name, "empty file (0 bytes)")
-    truncated = _wav_truncation(opened.head, opened.size)
-    if truncated:
-        raise AudioDecodeError(opened.name, truncated)
+    opened = _open_checked(source, name)
 
     try:
         with sf.SoundFile(opened.target) as f:
@@ -221,12 +227,7 @@ def probe_audio(source: AudioSource, *, name: str | None = None) -> AudioInfo:
         AudioDecodeError: the file is missing, empty or not audio. A truncated body is only
             detected here for WAV; :func:`read_audio` catches the rest.
     """
-    opened = _open(source, name)
-    if opened.size == 0:
-        raise AudioDecodeError(opened.name, "empty file (0 bytes)")
-    truncated = _wav_truncation(opened.head, opened.size)
-    if truncated:
-        raise AudioDecodeError(opened.name, truncated)
+    opened = _open_checked(source, name)
     try:
         info = sf.info(opened.target)
     except sf.LibsndfileError as e:
