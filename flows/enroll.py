@@ -23,7 +23,7 @@ from voicefleet.tasks.base_model import base_spec
 from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.ingest import discover_speakers
-from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry
+from voicefleet.tasks.registry import RegistryError, VoiceRegistry
 from voicefleet.tasks.runtime import Resources, ensure_ray
 from voicefleet.tasks.storage import Store
 
@@ -45,7 +45,7 @@ def prepare(src: str, store: str, speakers: list[str], base: str, run_id: str, q
     for s in speakers:
         try:
             known[s] = registry.version(s).metrics.get("source_hash")
-        except (UnknownVoice, RegistryError, ValueError):
+        except (RegistryError, ValueError):  # unknown voice (first enrollment) included
             known[s] = None
     report("prepare", total=len(speakers), done=0)
     done = []

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 from pydantic import BaseModel, Field
 
-from .audio import encode_wav, load_audio
+from .audio import encode_flac, encode_wav, load_audio
 from .base_model import load_base
 from .features import FeatureError, build_dataset, read_dataset, reference_prompt
 from .finetune import Recipe, TrainingFailed, finetune
@@ -107,9 +107,9 @@ def train_voice(store_uri: str, prepared: SpeakerResult, base_spec: str, recipe:
             r["bert"] = frontend.features(r["text"], r["language"]).bert
         result = finetune(rows, base.gpt, base.sovits, Recipe(**recipe), device, base.discriminator_state,
                           log=lambda *_: None)
-        for name, save in (("gpt.ckpt", save_gpt), ("sovits.pth", save_sovits)):
+        for name, save, model in (("gpt.ckpt", save_gpt, result.gpt), ("sovits.pth", save_sovits, result.sovits)):
             buf = io.BytesIO()
-            save(result.gpt if name == "gpt.ckpt" else result.sovits, buf, info=f"voicefleet {prepared.speaker_id}")
+            save(model, buf, info=f"voicefleet {prepared.speaker_id}")
             store.write_bytes(f"{prefix}/{name}", buf.getvalue())
         # evaluation clip: the new voice speaking a fixed sentence
         ref = load_audio(store.read_bytes(f"{prefix}/ref.wav"), SR, name="ref.wav")
@@ -121,11 +121,10 @@ def train_voice(store_uri: str, prepared: SpeakerResult, base_spec: str, recipe:
         out = synth.synthesize(voice, [LineRequest(EVAL_TEXT[lang], lang, LineSettings(seed=0))])[0]
         if isinstance(out, Exception):
             raise TrainingFailed(f"evaluation clip failed: {out}")
-        from .audio import encode_flac
-
         store.write_bytes(f"{prefix}/eval.flac", encode_flac(out.wav, out.sample_rate))
-        metrics = dict(result.metrics, eval_seconds=round(len(out.wav) / out.sample_rate, 2),
-                       eval_rtf=round((time.perf_counter() - t0) / max(len(out.wav) / out.sample_rate, 1e-6), 3),
+        eval_s = len(out.wav) / out.sample_rate
+        metrics = dict(result.metrics, eval_seconds=round(eval_s, 2),
+                       eval_rtf=round((time.perf_counter() - t0) / max(eval_s, 1e-6), 3),
                        eval_truncated=out.truncated, base_model=base.name, untrained_base=base.untrained)
     except (TrainingFailed, ValueError, RuntimeError) as e:
         return prepared.model_copy(update={"status": "failed", "reasons": [f"{type(e).__name__}: {e}"]})

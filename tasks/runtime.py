@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import ray
 
 FORWARDED_ENV_PREFIXES = ("AWS_", "FSSPEC_", "VOICEFLEET_", "HF_", "TRANSFORMERS_")
+_dashboard: str | None = None  # from ray.init's context, kept for later calls
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def worker_env() -> dict[str, str]:
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str | None:
     """Start (or join) Ray once; returns the dashboard URL when there is one."""
+    global _dashboard
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs: dict = dict(
@@ -45,34 +47,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str |
             configure_logging=True,
         )
         if address:
-            ray.init(address=address, **kwargs)
+            ctx = ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=os.environ.get("VOICEFLEET_DASHBOARD", "1") == "1",
-                     **kwargs)
+            ctx = ray.init(num_cpus=num_cpus, include_dashboard=os.environ.get("VOICEFLEET_DASHBOARD", "1") == "1",
+                           **kwargs)
+        _dashboard = getattr(ctx, "dashboard_url", None) or None
         if os.environ.get("VOICEFLEET_DEBUG") != "1":
             for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor"):
                 logging.getLogger(name).setLevel(logging.WARNING)
         try:
             from ray.data import DataContext
 
-            ctx = DataContext.get_current()
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
+            data_ctx = DataContext.get_current()
+            data_ctx.enable_progress_bars = False
+            data_ctx.print_on_execution_start = False
         except Exception:  # noqa: BLE001 — cosmetic settings only
             pass
     return dashboard_url()
 
 
 def dashboard_url() -> str | None:
-    try:
-        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-    except Exception:  # noqa: BLE001
-        url = None
-    if not url:
-        try:
-            url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001
-        except Exception:  # noqa: BLE001
-            url = None
-    if url and not url.startswith("http"):
-        url = "http://" + url
-    return url or None
+    """The dashboard of the cluster this process joined through `ensure_ray` (None without one)."""
+    if not _dashboard:
+        return None
+    return _dashboard if _dashboard.startswith("http") else "http://" + _dashboard
