@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
+from .sampler import RowParams, SamplingParams, sample
+
+__all__ = ["GenerationResult", "KVCache", "SamplingParams", "Text2SemanticDecoder", "pad_1d"]
 
 
 def sine_table(length: int, dim: int) -> torch.Tensor:
@@ -115,11 +118,16 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed q/k/v projection (B, T, 3C); an int8 `in_proj` module replaces it when quantized."""
+        in_proj = self._modules.get("in_proj")
+        return in_proj(x) if in_proj is not None else F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, cache: KVCache | None = None,
                 layer: int = 0) -> torch.Tensor:
         # x (B, T, C); allowed (B, 1, T, S) bool, True where a query may attend to a key
         B, T, C = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = self.project(x).chunk(3, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.append(layer, k, v)
@@ -158,17 +166,6 @@ class TransformerEncoder(nn.Module):
         if cache is not None:
             cache.advance(x.shape[1])
         return x
-
-
-@dataclass
-class SamplingParams:
-    top_k: int = 15
-    top_p: float = 1.0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.35
-    min_new_tokens: int = 11  # EOS is masked for the first 11 steps (0.44 s), as the reference does
-    max_new_tokens: int = 1350  # hard cap per line: 54 s at 25 Hz
-    max_tokens_per_phone: float | None = 6.0  # runaway guard: ~3x the typical 2 tokens (80 ms) per phone
 
 
 @dataclass
@@ -262,121 +259,69 @@ class Text2SemanticDecoder(nn.Module):
         phones: list[torch.Tensor],
         bert: list[torch.Tensor],
         prompts: list[torch.Tensor | None],
-        params: SamplingParams | None = None,
+        params: SamplingParams | list[SamplingParams] | None = None,
         seeds: list[int] | None = None,
         use_cache: bool = True,
         limits: list[int] | None = None,
+        engine=None,
     ) -> GenerationResult:
         """Decode many lines together; each line stops at its own EOS or length guard.
 
         phones[i] (Lx_i,) phone ids; bert[i] (bert_dim, Lx_i); prompts[i] (Lp_i,) semantic tokens of
-        the reference clip, or None for reference-free decoding. seeds[i] seeds line i's own
-        random stream, so a line decodes the same alone or in any batch. limits[i] caps line i's
-        new tokens (default: params.max_new_tokens, and max_tokens_per_phone x its phones).
+        the reference clip, or None for reference-free decoding. params: one for all lines or one
+        per line. seeds[i] seeds line i's own random stream, so a line decodes the same alone or in
+        any batch. limits[i] caps line i's new tokens (default: params.max_new_tokens, and
+        max_tokens_per_phone x its phones). With the cache, decoding runs on a `DecodeEngine`
+        (static KV cache, continuous batching, CUDA graphs on CUDA); without it every step re-runs
+        the whole sequence (the slow reference path, kept to check the engine against).
         """
-        p = params or SamplingParams()
-        dev = self.ar_predict_layer.weight.device
+        from .engine import DecodeEngine, DecodeJob
+
         B = len(phones)
-        eos, V = self.cfg.eos, self.cfg.vocab_size
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in (seeds or [0] * B)]
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * B
+        seeds = list(seeds or [0] * B)
         prompts = [q if q is not None else torch.zeros(0, dtype=torch.long) for q in prompts]
-        x, x_lens = pad_1d([t.to(dev) for t in phones])
-        y, y_lens = pad_1d([t.to(dev).long() for t in prompts])
-        if int(y_lens.max()) == 0:
-            y = y[:, :0]
-        x_lens, y_lens = x_lens.to(dev), y_lens.to(dev)
-        Lx = x.shape[1]
-        bert_pad = torch.zeros(B, self.cfg.bert_dim, Lx, device=dev)
-        for i, b in enumerate(bert):
-            bert_pad[i, :, : b.shape[-1]] = b.to(dev)
+        lim = []
+        for i, p in enumerate(plist):
+            n = p.max_new_tokens
+            if limits is not None:
+                n = min(n, int(limits[i]))
+            elif p.max_tokens_per_phone is not None:
+                n = min(n, max(p.min_new_tokens + 1, math.ceil(len(phones[i]) * p.max_tokens_per_phone)))
+            lim.append(n)
+        if not use_cache:
+            return self._generate_recompute(phones, bert, prompts, plist, seeds, lim)
+        engine = engine or DecodeEngine(self, max_batch=max(B, 1))
+        jobs = [DecodeJob(phones[i], bert[i], prompts[i].long(), plist[i], seeds[i], lim[i], key=i) for i in range(B)]
+        outs = {o.key: o for o in engine.run(jobs)}
+        return GenerationResult(tokens=[outs[i].tokens for i in range(B)], finished=[outs[i].finished for i in range(B)],
+                                steps=engine.steps)
 
-        limit = torch.full((B,), p.max_new_tokens, dtype=torch.long)
-        if limits is not None:
-            limit = torch.minimum(limit, torch.as_tensor(limits, dtype=torch.long))
-        elif p.max_tokens_per_phone is not None:
-            guard = (x_lens.cpu().float() * p.max_tokens_per_phone).ceil().long().clamp(min=p.min_new_tokens + 1)
-            limit = torch.minimum(limit, guard)
-
-        limit_list = limit.tolist()
-        seen = torch.zeros(B, V, dtype=torch.bool, device=dev)  # tokens the repetition penalty applies to
-        for i, q in enumerate(prompts):
-            seen[i, q.to(dev)] = True
-
-        out: list[list[int]] = [[] for _ in range(B)]
-        finished = [False] * B
-        rows = torch.arange(B)  # original index of each active row
-        cache = KVCache(self.cfg.n_layer) if use_cache else None
-        h = self.prefill(x, x_lens, bert_pad, y, y_lens, cache)
-        last = torch.where(y_lens > 0, Lx + y_lens - 1, x_lens - 1)
-        logits = self.ar_predict_layer(h[torch.arange(B, device=dev), last])
-        valid_keys = torch.cat([torch.arange(Lx, device=dev)[None] < x_lens[:, None],
-                                torch.arange(y.shape[1], device=dev)[None] < y_lens[:, None]], dim=1)
-
-        step = 0
-        while True:
-            if step < p.min_new_tokens:
-                logits[:, eos] = float("-inf")
-            logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
-            greedy = logits.argmax(-1)
-            tok = sample_rows(logits, gens, rows, p)
-            step += 1
-            keep = []
-            # one host transfer per step (not one per row): matters on CUDA
-            for j, (r, t, g) in enumerate(zip(rows.tolist(), tok.tolist(), greedy.tolist())):
-                if t == eos or g == eos:
-                    finished[r] = True
-                    continue
-                out[r].append(t)
-                if len(out[r]) >= limit_list[r]:
-                    continue
-                keep.append(j)
-            if not keep:
-                break
-            if len(keep) < len(rows):
-                sel = torch.tensor(keep, device=dev)
-                rows, tok, y_lens, valid_keys, seen = rows[keep], tok[sel], y_lens[sel], valid_keys[sel], seen[sel]
-                x_lens, x, bert_pad = x_lens[sel], x[sel], bert_pad[sel]
-                if cache is not None:
-                    cache.keep(sel)
-            seen[torch.arange(len(rows), device=dev), tok] = True
-            if cache is not None:
-                pos = (y_lens + step - 1)[:, None]
-                emb = self.embed_semantic(tok[:, None], pos)
-                valid_keys = F.pad(valid_keys, (0, 1), value=True)
-                h = self.h(emb, valid_keys[:, None, None, :], cache)
+    def _generate_recompute(self, phones, bert, prompts, plist, seeds, limits) -> GenerationResult:
+        dev = self.ar_predict_layer.weight.device
+        dtype = self.ar_predict_layer.weight.dtype
+        eos = self.cfg.eos
+        out: list[list[int]] = [[] for _ in phones]
+        finished = [False] * len(phones)
+        for i in range(len(phones)):  # line by line: nothing shared, nothing padded
+            rp = RowParams.build([plist[i]], [seeds[i]], dev)
+            seen = torch.zeros(1, self.cfg.vocab_size, dtype=torch.bool, device=dev)
+            seen[0, prompts[i].to(dev).long()] = True
+            x = phones[i].to(dev)[None]
+            b = bert[i].to(dev, dtype)[None]
+            while True:
+                sem = torch.cat([prompts[i].to(dev).long(), torch.tensor(out[i], dtype=torch.long, device=dev)])[None]
+                h = self.prefill(x, torch.tensor([x.shape[1]], device=dev), b, sem,
+                                 torch.tensor([sem.shape[1]], device=dev))
                 logits = self.ar_predict_layer(h[:, -1])
-            else:
-                sem = [torch.cat([prompts[r].to(dev), torch.tensor(out[r], device=dev)]) for r in rows.tolist()]
-                ys, ys_lens = pad_1d(sem)
-                hs = self.prefill(x, x_lens, bert_pad, ys, ys_lens.to(dev))
-                logits = self.ar_predict_layer(hs[torch.arange(len(rows), device=dev), Lx + ys_lens.to(dev) - 1])
-        tokens = [torch.tensor(o, dtype=torch.long) for o in out]
-        return GenerationResult(tokens=tokens, finished=finished, steps=step)
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Scale down the logits of tokens already seen (prompt or generated): once per token."""
-    if penalty == 1.0:
-        return logits
-    scaled = torch.where(logits < 0, logits * penalty, logits / penalty)
-    return torch.where(seen, scaled, logits)
-
-
-def sample_rows(logits: torch.Tensor, gens: list[torch.Generator], rows: torch.Tensor,
-                p: SamplingParams) -> torch.Tensor:
-    """top-p, temperature, top-k, then one draw per row from that row's own generator."""
-    if p.top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop_sorted = cum > p.top_p
-        drop_sorted[:, 0] = False
-        drop = drop_sorted.scatter(1, idx, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    logits = logits / max(p.temperature, 1e-5)
-    if p.top_k and p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits.float(), dim=-1)
-    # exponential race: argmax(p / q), q ~ Exp(1), is a draw from p (no device sync needed)
-    q = torch.stack([torch.empty(probs.shape[-1]).exponential_(1, generator=gens[int(r)]) for r in rows])
-    return (probs / q.to(probs.device)).argmax(-1)
+                count = torch.tensor([len(out[i])], device=dev)
+                tok, greedy = sample(logits, seen, rp, count, eos, use_top_p=plist[i].top_p < 1.0)
+                t, g = int(tok), int(greedy)
+                if t == eos or g == eos:
+                    finished[i] = True
+                    break
+                out[i].append(t)
+                seen[0, t] = True
+                if len(out[i]) >= limits[i]:
+                    break
+        return GenerationResult(tokens=[torch.tensor(o, dtype=torch.long) for o in out], finished=finished)

@@ -145,7 +145,8 @@ class Generator(nn.Module):
         x = F.leaky_relu(x)
         if x_mask is not None:
             x = x * x_mask
-        return torch.tanh(self.conv_post(x))
+        with torch.autocast(x.device.type, enabled=False):  # the last conv stays fp32 under autocast
+            return torch.tanh(self.conv_post(x.float()))
 
 
 class SynthesizerTrn(nn.Module):
@@ -187,13 +188,18 @@ class SynthesizerTrn(nn.Module):
     def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: torch.Tensor | None = None,
                noise_scale: float | list[float] = 0.5, speed: float | list[float] = 1.0, *, ge: torch.Tensor | None = None,
                code_lengths: torch.Tensor | None = None, text_lengths: torch.Tensor | None = None,
-               generator: list[torch.Generator] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: list[torch.Generator] | None = None,
+               precision: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic codes (1, B, T25) + phones (B, Tt) + timbre -> (wav (B, 1, N), lengths (B,)).
 
         Timbre is the reference spectrogram `refer` (1 or B rows) or a precomputed style `ge`.
         Without lengths every line uses the full padded size (the reference code's single-line case).
         `generator` (one per line) makes the prior noise reproducible line by line.
+        `precision` (torch.bfloat16 / float16) runs the text encoder and the decoder under autocast;
+        the flow and the decoder's last conv stay in float32. None: the weights' own dtype.
         """
+        def half():
+            return torch.autocast(codes.device.type, dtype=precision or torch.bfloat16, enabled=precision is not None)
         B = codes.shape[1]
         if ge is None:
             ge = self.style(refer)
@@ -207,7 +213,10 @@ class SynthesizerTrn(nn.Module):
         if self.cfg.semantic_frame_rate == "25hz":
             quantized = F.interpolate(quantized, size=quantized.shape[-1] * 2, mode="nearest")
         y_lengths = code_lengths * 2
-        _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, ge, speed)
+        with half():
+            _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, ge, speed)
+        if precision is not None:
+            m_p, logs_p, y_mask = m_p.float(), logs_p.float(), y_mask.float()
         noise = torch.randn_like(m_p) if generator is None else torch.stack(
             # drawn time-major, so a line's noise is the same whatever the padded length of its batch
             [torch.randn(m_p.shape[2], m_p.shape[1], generator=g).t().to(m_p) for g in generator])
@@ -216,7 +225,8 @@ class SynthesizerTrn(nn.Module):
         z = self.flow(z_p, y_mask, g=ge, reverse=True)
         frames = y_mask[:, 0].sum(-1).long()
         full = bool((frames == y_mask.shape[-1]).all())
-        o = self.dec(z * y_mask, g=ge, x_mask=None if full else y_mask)
+        with half():
+            o = self.dec(z * y_mask, g=ge, x_mask=None if full else y_mask)
         return o, frames * self.cfg.total_upsample
 
     # ---------------------------------------------------------------- training

@@ -5,17 +5,22 @@ sentence the GPT reads [reference-text phones + sentence phones] and continues t
 clip's semantic tokens; SoVITS turns the new tokens + sentence phones + the reference timbre into
 audio; sentences are joined with a short pause. Every sentence of every line in a call is decoded
 in shared batches (GPT rows sorted by length), and each sentence has its own seeded random stream,
-so a line renders identically alone or inside any batch.
+so a line renders identically alone or inside any batch. GPT decoding runs on a `DecodeEngine`
+(continuous batching, device-side sampling, CUDA graphs on CUDA) in the chosen precision.
 """
 from __future__ import annotations
 
+import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .engine import DecodeEngine, DecodeJob, DecodeOutput
 from .gpt import SamplingParams, Text2SemanticDecoder
+from .quantize import quantize_gpt_int8
 from .sovits import SynthesizerTrn
 from .spectrogram import spectrogram
 from .ssl import PROMPT_TAIL_SAMPLES, SSLExtractor
@@ -116,17 +121,45 @@ def prompt_tokens(ssl: SSLExtractor, sovits: SynthesizerTrn, wav_16k: np.ndarray
     return codes[0, 0].cpu().numpy().astype(np.int64)
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """fp32 | bf16 | fp16 | int8 (CPU only: int8 GPT weights); None / "auto": bf16 on CUDA, fp32 elsewhere."""
+    if precision in (None, "auto"):
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 weights are a CPU option; use bf16 or fp16 on a GPU")
+    return precision
+
+
 class Synthesizer:
+    """Renders lines with a loaded voice. `max_batch` GPT rows decode at once (continuous batching:
+    a finished row takes the next waiting sentence); finished sentences go to SoVITS in batches of
+    `sovits_batch`, sorted by length, on CUDA in a second stream while the GPT keeps decoding."""
+
     def __init__(self, frontend, device: str | torch.device = "cpu", max_batch: int = 16,
-                 sovits_batch: int | None = None):
+                 sovits_batch: int | None = None, precision: str | None = None, cuda_graphs: bool | None = None,
+                 sync_every: int = 8):
         self.frontend = frontend
         self.device = torch.device(device)
         self.max_batch = max_batch
+        self.precision = resolve_precision(precision, self.device)
+        self.cuda_graphs = cuda_graphs
+        self.sync_every = sync_every
         # GPT decoding gains a lot from batching everywhere; the SoVITS decoder's huge audio-rate
         # activations make batching a loss on CPU (benchmarks/model_rtf.py), so there it runs
         # line by line unless told otherwise. Results are the same either way.
         self.sovits_batch = sovits_batch or (1 if self.device.type == "cpu" else max_batch)
         self.timings = {"gpt_s": 0.0, "sovits_s": 0.0}
+        self._engine = None
+
+    @property
+    def half(self) -> torch.dtype | None:
+        """The autocast dtype of SoVITS decoding, None for float32."""
+        return PRECISIONS[self.precision] if self.precision in ("bf16", "fp16") else None
 
     def load_voice(self, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, prompt: VoicePrompt,
                    check_length: bool = True) -> LoadedVoice:
@@ -134,6 +167,10 @@ class Synthesizer:
         if check_length and not REF_MIN_S <= seconds <= REF_MAX_S:
             raise ReferenceClipError(f"reference clip is {seconds:.2f} s; it must be {REF_MIN_S:g}–{REF_MAX_S:g} s")
         gpt, sovits = gpt.to(self.device).eval(), sovits.to(self.device).eval()
+        if self.precision == "int8":
+            gpt = quantize_gpt_int8(gpt)
+        elif gpt.ar_predict_layer.weight.dtype != PRECISIONS[self.precision]:
+            gpt = copy.deepcopy(gpt).to(PRECISIONS[self.precision])  # the caller's model is left as it was
         ids, bert, _ = self.frontend.features(ensure_final_punct(prompt.ref_text, prompt.ref_language),
                                               prompt.ref_language)
         with torch.no_grad():
@@ -148,10 +185,20 @@ class Synthesizer:
             raise SynthesisError(f"text has nothing to speak: {req.text!r}")
         return out
 
+    def engine(self, voice: LoadedVoice) -> DecodeEngine:
+        """One decode engine per Synthesizer (its buffers and CUDA graphs are reused across voices)."""
+        if self._engine is None or self._engine.device != voice.gpt.ar_predict_layer.weight.device \
+                or self._engine.model.ar_predict_layer.weight.dtype != voice.gpt.ar_predict_layer.weight.dtype \
+                or type(self._engine.model.h.layers[0].linear1) is not type(voice.gpt.h.layers[0].linear1):
+            self._engine = DecodeEngine(voice.gpt, self.max_batch, self.sync_every, self.cuda_graphs)
+        self._engine.bind(voice.gpt)
+        self._engine.max_batch = self.max_batch
+        return self._engine
+
     @torch.no_grad()
     def synthesize(self, voice: LoadedVoice, lines: list[LineRequest]) -> list[LineAudio | SynthesisError]:
         """Render lines with one voice; a line that fails yields its SynthesisError, the rest go on."""
-        jobs = []  # one per sentence: (line index, sentence index, ids, bert, settings)
+        jobs: list[DecodeJob] = []  # one per sentence, key (line index, sentence index, phone ids, settings)
         results: list[LineAudio | SynthesisError | None] = [None] * len(lines)
         per_line: dict[int, int] = {}
         for li, req in enumerate(lines):
@@ -162,17 +209,17 @@ class Synthesizer:
                 results[li] = e if isinstance(e, SynthesisError) else SynthesisError(f"{type(e).__name__}: {e}")
                 continue
             per_line[li] = len(sents)
+            s = req.settings
+            params = s.sampling()
             for si, (ids, bert, _) in enumerate(feats):
-                jobs.append((li, si, ids.long(), bert.float(), req.settings))
-        jobs.sort(key=lambda j: len(j[2]))
+                ids = ids.long()
+                limit = max(params.min_new_tokens + 1, int(np.ceil(len(ids) * s.max_tokens_per_phone)))
+                jobs.append(DecodeJob(torch.cat([voice.prompt_phones, ids]),
+                                      torch.cat([voice.prompt_bert, bert.float()], dim=1), voice.prompt_tokens,
+                                      params, sentence_seed(s.seed, si), limit, key=(li, si, ids, s)))
+        jobs.sort(key=lambda j: -len(j.phones))  # longest first: the short ones fill the slots they free
         outputs: dict[tuple[int, int], tuple[np.ndarray, int, bool]] = {}
-        groups: dict[tuple, list] = {}
-        for j in jobs:
-            s = j[4]
-            groups.setdefault((s.top_k, s.top_p, s.temperature, s.repetition_penalty, s.max_tokens_per_phone), []).append(j)
-        for group in groups.values():
-            for start in range(0, len(group), self.max_batch):
-                self._run_batch(voice, group[start: start + self.max_batch], outputs)
+        self._gpt_and_sovits(voice, jobs, outputs)
         sr = voice.sovits.cfg.sampling_rate
         for li, n in per_line.items():
             pause = np.zeros(int(lines[li].settings.pause_s * sr), dtype=np.float32)
@@ -185,41 +232,72 @@ class Synthesizer:
             results[li] = LineAudio(np.concatenate(parts), sr, n, tokens, truncated)
         return results
 
-    def _run_batch(self, voice: LoadedVoice, batch: list, outputs: dict) -> None:
+    def _gpt_and_sovits(self, voice: LoadedVoice, jobs: list[DecodeJob], outputs: dict) -> None:
+        """GPT on the engine; every `sovits_batch` finished sentences go to SoVITS, by length."""
+        if not jobs:
+            return
         t0 = time.perf_counter()
-        settings = batch[0][4]
-        phones = [torch.cat([voice.prompt_phones, ids]) for _, _, ids, _, _ in batch]
-        berts = [torch.cat([voice.prompt_bert, bert], dim=1) for _, _, _, bert, _ in batch]
-        seeds = [sentence_seed(s.seed, si) for _, si, _, _, s in batch]
-        params = settings.sampling()
-        limits = [max(params.min_new_tokens + 1, int(np.ceil(len(ids) * settings.max_tokens_per_phone)))
-                  for _, _, ids, _, _ in batch]
-        gen = voice.gpt.generate(phones, berts, [voice.prompt_tokens] * len(batch), params, seeds, limits=limits)
-        t1 = time.perf_counter()
-        for start in range(0, len(batch), self.sovits_batch):
-            part = slice(start, start + self.sovits_batch)
-            self._decode(voice, batch[part], gen.tokens[part], gen.finished[part], outputs)
-        self.timings["gpt_s"] += t1 - t0
-        self.timings["sovits_s"] += time.perf_counter() - t1
+        engine = self.engine(voice)
+        overlap = self.device.type == "cuda"
+        pool = ThreadPoolExecutor(max_workers=1) if overlap else None
+        stream = torch.cuda.Stream(self.device) if overlap else None
+        pending: list = []
+        futures = []
+        sovits_s = [0.0]
 
-    def _decode(self, voice: LoadedVoice, batch: list, tokens: list[torch.Tensor], finished: list[bool],
-                outputs: dict) -> None:
+        def decode(batch: list) -> None:
+            t = time.perf_counter()
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    self._decode(voice, batch, outputs)
+                stream.synchronize()
+            else:
+                self._decode(voice, batch, outputs)
+            sovits_s[0] += time.perf_counter() - t
+
+        def flush(final: bool = False) -> None:
+            pending.sort(key=lambda o: len(o.tokens))
+            while len(pending) >= self.sovits_batch or (final and pending):
+                batch = pending[: self.sovits_batch]
+                del pending[: self.sovits_batch]
+                if pool is not None:
+                    futures.append(pool.submit(decode, batch))
+                else:
+                    decode(batch)
+
+        def on_done(o: DecodeOutput) -> None:
+            pending.append(o)
+            flush()
+
+        engine.run(jobs, on_done)
+        flush(final=True)
+        if pool is not None:
+            for f in futures:
+                f.result()
+            pool.shutdown()
+        wall = time.perf_counter() - t0
+        self.timings["sovits_s"] += sovits_s[0]
+        self.timings["gpt_s"] += wall - (0.0 if overlap else sovits_s[0])
+
+    def _decode(self, voice: LoadedVoice, batch: list[DecodeOutput], outputs: dict) -> None:
         dev = self.device
+        tokens = [o.tokens for o in batch]
+        keys = [o.key for o in batch]  # (line index, sentence index, phone ids, settings)
         lens = torch.tensor([max(len(t), 1) for t in tokens], device=dev)
         codes = torch.zeros(1, len(batch), int(lens.max()), dtype=torch.long, device=dev)
         for i, t in enumerate(tokens):
             codes[0, i, : len(t)] = t.to(dev)
-        text_lens = torch.tensor([len(ids) for _, _, ids, _, _ in batch], device=dev)
+        text_lens = torch.tensor([len(k[2]) for k in keys], device=dev)
         text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
-        for i, (_, _, ids, _, _) in enumerate(batch):
-            text[i, : len(ids)] = ids.to(dev)
-        gens = [torch.Generator().manual_seed(sentence_seed(s.seed, si) + 1) for _, si, _, _, s in batch]
-        wav, n = voice.sovits.decode(codes, text, ge=voice.ge, noise_scale=[s.noise_scale for *_, s in batch],
-                                     speed=[s.speed for *_, s in batch], code_lengths=lens,
-                                     text_lengths=text_lens, generator=gens)
+        for i, k in enumerate(keys):
+            text[i, : len(k[2])] = k[2].to(dev)
+        gens = [torch.Generator().manual_seed(sentence_seed(s.seed, si) + 1) for _, si, _, s in keys]
+        wav, n = voice.sovits.decode(codes, text, ge=voice.ge, noise_scale=[k[3].noise_scale for k in keys],
+                                     speed=[k[3].speed for k in keys], code_lengths=lens,
+                                     text_lengths=text_lens, generator=gens, precision=self.half)
         wav = wav.float().cpu().numpy()
-        for i, (li, si, _, _, _) in enumerate(batch):
-            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(tokens[i]), not finished[i])
+        for i, (o, (li, si, _, _)) in enumerate(zip(batch, keys)):
+            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(o.tokens), not o.finished)
 
 
 def sentence_seed(line_seed: int, sentence: int) -> int:

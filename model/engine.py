@@ -1,0 +1,324 @@
+"""Decode engine for the GPT: static KV cache, device-side state, continuous batching, CUDA graphs.
+
+A fixed number of slots (rows) decode together. Every slot's whole state lives on the device:
+its KV cache (packed [text | prompt | generated], no inner padding), current length, sampling
+knobs, repetition mask, generated tokens, and done / EOS flags. One decode step samples a token
+per row from the logits left by the previous step, updates the bookkeeping and runs the new
+tokens through the transformer, with no host round trip; the host looks at the state only every
+`sync_every` steps. Then finished rows hand back their tokens and their slots take the next
+waiting jobs (continuous batching: a batch never waits for its longest line); when nothing waits,
+the live rows are packed to the front so the step runs on fewer rows.
+
+On CUDA the step is captured as a CUDA graph per batch size of a ladder (1, 2, 4, ...) over views
+of the same buffers, and replayed; elsewhere it runs eagerly (and attends only to the filled
+prefix of the cache). Both run the same `_step` code.
+
+    jobs --admit--> slots --step x sync_every--> harvest finished --refill / pack--> ...
+"""
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .sampler import RowParams, SamplingParams, sample
+
+LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass
+class DecodeJob:
+    phones: torch.Tensor  # (Lx,) phone ids
+    bert: torch.Tensor  # (bert_dim, Lx)
+    prompt: torch.Tensor  # (Ly,) semantic tokens of the reference clip; may be empty
+    params: SamplingParams
+    seed: int
+    limit: int  # most new tokens this line may get (runaway guard)
+    key: Any = None  # the caller's handle, returned with the output
+
+
+@dataclass
+class DecodeOutput:
+    key: Any
+    tokens: torch.Tensor  # (n,) long on the CPU: new tokens, no prompt, no EOS
+    finished: bool  # True: ended with EOS; False: stopped by its limit
+
+
+@dataclass
+class _State:
+    """Per-slot device buffers, (B, ...) each; the step reads and writes views of the first b rows."""
+
+    k: list[torch.Tensor]  # per layer (B, H, S, D)
+    v: list[torch.Tensor]
+    logits: torch.Tensor  # (B, V) float32: logits for each row's next token
+    seen: torch.Tensor  # (B, V) bool: tokens the repetition penalty applies to
+    out: torch.Tensor  # (B, W) long: generated tokens
+    n_new: torch.Tensor  # (B,) long: tokens generated so far
+    limit: torch.Tensor  # (B,) long
+    cur_len: torch.Tensor  # (B,) long: filled cache positions
+    sem_pos: torch.Tensor  # (B,) long: sine position of the next fed token
+    done: torch.Tensor  # (B,) bool: finished or free slot
+    eos: torch.Tensor  # (B,) bool: ended with EOS
+    rp: RowParams
+    graphs: dict[int, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[torch.Tensor]:
+        """Every (B, ...) buffer, for packing rows."""
+        return [*self.k, *self.v, self.logits, self.seen, self.out, self.n_new, self.limit, self.cur_len,
+                self.sem_pos, self.done, self.eos, *(getattr(self.rp, f) for f in self.rp.fields())]
+
+
+class DecodeEngine:
+    """`DecodeEngine(gpt).run(jobs)` -> one DecodeOutput per job, in completion order.
+
+    `cuda_graphs=None` uses them on CUDA devices; `sync_every` steps run between host looks.
+    """
+
+    def __init__(self, model, max_batch: int = 64, sync_every: int = 8, cuda_graphs: bool | None = None):
+        self.max_batch = max_batch
+        self.sync_every = sync_every
+        dev = model.ar_predict_layer.weight.device
+        self.device = dev
+        self.graphs = (dev.type == "cuda") if cuda_graphs is None else cuda_graphs
+        # graphs hold the addresses of the weights they were captured with: decode with a resident
+        # copy, into which `bind` copies another voice's weights
+        self.model = copy.deepcopy(model) if self.graphs else model
+        self._bound = model
+        self._state: _State | None = None
+        self._shape: tuple | None = None
+        self.steps = 0
+
+    @torch.no_grad()
+    def bind(self, model) -> None:
+        """Decode with `model`'s weights from now on (same architecture, device and dtype)."""
+        if model is self._bound:
+            return
+        if self.graphs:
+            for dst, src in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+                dst.copy_(src)
+        else:
+            self.model = model
+        self._bound = model
+
+    # ---------------------------------------------------------------- buffers
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.ar_audio_embedding.word_embeddings.weight.dtype
+
+    def _allocate(self, B: int, S: int, W: int, use_top_p: bool) -> _State:
+        shape = (B, S, W, use_top_p, self.dtype)
+        if self._state is not None and self._shape is not None and self.graphs:
+            b0, s0, w0, p0, d0 = self._shape
+            if b0 >= B and s0 >= S and w0 >= W and p0 == use_top_p and d0 == self.dtype:
+                self._state.done.fill_(True)
+                return self._state  # keep buffers and captured graphs across calls
+        cfg, dev = self.model.cfg, self.device
+        H, D = cfg.n_head, cfg.hidden_dim // cfg.n_head
+        z = dict(device=dev)
+        st = _State(
+            k=[torch.zeros(B, H, S, D, dtype=self.dtype, **z) for _ in range(cfg.n_layer)],
+            v=[torch.zeros(B, H, S, D, dtype=self.dtype, **z) for _ in range(cfg.n_layer)],
+            logits=torch.zeros(B, cfg.vocab_size, **z), seen=torch.zeros(B, cfg.vocab_size, dtype=torch.bool, **z),
+            out=torch.zeros(B, W, dtype=torch.long, **z), n_new=torch.zeros(B, dtype=torch.long, **z),
+            limit=torch.ones(B, dtype=torch.long, **z), cur_len=torch.zeros(B, dtype=torch.long, **z),
+            sem_pos=torch.zeros(B, dtype=torch.long, **z), done=torch.ones(B, dtype=torch.bool, **z),
+            eos=torch.zeros(B, dtype=torch.bool, **z),
+            rp=RowParams.build([SamplingParams()] * B, [0] * B, dev))
+        self.model.ar_audio_position.table(S + 1)  # grow the sine table now, never inside a step
+        self._state, self._shape = st, shape
+        if self.graphs:
+            self._capture(st, B, S, use_top_p)
+        return st
+
+    def _capture(self, st: _State, B: int, S: int, use_top_p: bool) -> None:
+        """One CUDA graph per ladder size <= B, over views of the first b rows (all slots free now)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        pool = None
+        for b in reversed([x for x in LADDER if x <= B] + ([B] if B not in LADDER else [])):
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: free slots change nothing that matters
+                    self._step(st, b, S, use_top_p)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self._step(st, b, S, use_top_p)
+            pool = g.pool()
+            st.graphs[b] = g
+        torch.cuda.synchronize()
+
+    # ---------------------------------------------------------------- one step (graph-capturable)
+    def _step(self, st: _State, b: int, S: int, use_top_p: bool) -> None:
+        m, eos = self.model, self.model.cfg.eos
+        rp = RowParams(*(getattr(st.rp, f)[:b] for f in st.rp.fields()))
+        done, n_new, cur_len = st.done[:b], st.n_new[:b], st.cur_len[:b]
+        tok, greedy = sample(st.logits[:b], st.seen[:b], rp, n_new, eos, use_top_p)
+        live = ~done
+        stop = (tok == eos) | (greedy == eos)
+        append = live & ~stop
+        ar = torch.arange(b, device=tok.device)
+        at = n_new.clamp(max=st.out.shape[1] - 1)
+        out = st.out[:b]
+        out[ar, at] = torch.where(append, tok, out[ar, at])
+        seen = st.seen[:b]
+        seen[ar, tok] = seen[ar, tok] | append
+        st.eos[:b] |= live & stop
+        n_new += append.long()
+        done |= (live & stop) | (n_new >= st.limit[:b])
+        # feed the new token: write its key/value at cur_len, attend to everything before it
+        pos = st.sem_pos[:b]
+        x = m.ar_audio_embedding(tok[:, None])
+        x = x + m.ar_audio_position.alpha * m.ar_audio_position.pe[pos][:, None].to(x.dtype)
+        mask = (torch.arange(S, device=tok.device)[None] <= cur_len[:, None])[:, None, None, :]
+        for i, layer in enumerate(m.h.layers):
+            x = _layer_step(layer, x, st.k[i][:b, :, :S], st.v[i][:b, :, :S], ar, cur_len, mask)
+        st.logits[:b] = m.ar_predict_layer(x[:, -1]).float()
+        pos += live.long()
+        cur_len += live.long()
+
+    # ---------------------------------------------------------------- admission
+    @torch.no_grad()
+    def _admit(self, st: _State, slots: list[int], jobs: list[DecodeJob]) -> None:
+        """Prefill the jobs together and pack each one's [text | prompt] keys/values into its slot."""
+        from .gpt import KVCache, pad_1d
+
+        m, dev = self.model, self.device
+        n = len(jobs)
+        x, x_lens = pad_1d([j.phones.to(dev).long() for j in jobs])
+        y, y_lens = pad_1d([j.prompt.to(dev).long() for j in jobs])
+        if int(y_lens.max()) == 0:
+            y = y[:, :0]
+        x_lens, y_lens = x_lens.to(dev), y_lens.to(dev)
+        Lx = x.shape[1]
+        bert = torch.zeros(n, m.cfg.bert_dim, Lx, device=dev, dtype=self.dtype)
+        for i, j in enumerate(jobs):
+            bert[i, :, : j.bert.shape[-1]] = j.bert.to(dev, self.dtype)
+        cache = KVCache(m.cfg.n_layer, chunk=0)
+        h = m.prefill(x, x_lens, bert, y, y_lens, cache)
+        last = torch.where(y_lens > 0, Lx + y_lens - 1, x_lens - 1)
+        ar = torch.arange(n, device=dev)
+        logits = m.ar_predict_layer(h[ar, last]).float()
+        # packed position p of row i comes from padded position p (text) or Lx + p - x_len (prompt)
+        lens = x_lens + y_lens
+        P = int(lens.max())
+        p = torch.arange(P, device=dev)[None].expand(n, P)
+        src = torch.where(p < x_lens[:, None], p, Lx + p - x_lens[:, None]).clamp(max=h.shape[1] - 1)
+        idx = torch.tensor(slots, device=dev)
+        for layer in range(m.cfg.n_layer):
+            for buf, cached in ((st.k[layer], cache.k[layer]), (st.v[layer], cache.v[layer])):
+                H, D = cached.shape[1], cached.shape[3]
+                packed = cached[:, :, : h.shape[1]].gather(2, src[:, None, :, None].expand(n, H, P, D))
+                buf[idx, :, :P] = packed
+        seen = torch.zeros(n, m.cfg.vocab_size, dtype=torch.bool, device=dev)
+        for i, j in enumerate(jobs):
+            seen[i, j.prompt.to(dev).long()] = True
+        rp = RowParams.build([j.params for j in jobs], [j.seed for j in jobs], dev)
+        st.logits[idx] = logits
+        st.seen[idx] = seen
+        st.out[idx] = 0
+        st.n_new[idx] = 0
+        st.limit[idx] = torch.tensor([max(1, j.limit) for j in jobs], device=dev)
+        st.cur_len[idx] = lens
+        st.sem_pos[idx] = y_lens
+        st.done[idx] = False
+        st.eos[idx] = False
+        for f in rp.fields():
+            getattr(st.rp, f)[idx] = getattr(rp, f)
+
+    # ---------------------------------------------------------------- the loop
+    @torch.no_grad()
+    def run(self, jobs: Iterable[DecodeJob], on_done: Callable[[DecodeOutput], None] | None = None) -> list[DecodeOutput]:
+        """Decode every job; slots are refilled as rows finish. Jobs are admitted in the given order."""
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        self.model.eval()
+        B = min(self.max_batch, len(jobs))
+        if self.graphs:
+            B = next(x for x in LADDER + (1 << 30,) if x >= B)
+        S = max(len(j.phones) + len(j.prompt) + j.limit for j in jobs) + 1
+        W = max(j.limit for j in jobs) + 1
+        if self.graphs:  # round up so later calls reuse the buffers and graphs
+            S, W = -(-S // 256) * 256, -(-W // 256) * 256
+        use_top_p = any(j.params.top_p < 1.0 for j in jobs)
+        st = self._allocate(B, S, W, use_top_p)
+        S_buf = st.k[0].shape[2]
+        waiting = deque(jobs)
+        slot_job: list[DecodeJob | None] = [None] * st.done.shape[0]
+        results: list[DecodeOutput] = []
+
+        def fill(free: list[int]) -> None:
+            take = [waiting.popleft() for _ in range(min(len(free), len(waiting)))]
+            if take:
+                self._admit(st, free[: len(take)], take)
+                for s, j in zip(free, take):
+                    slot_job[s] = j
+
+        fill(list(range(B)))
+        b = sum(j is not None for j in slot_job)
+        while b:
+            if self.graphs:
+                rows = min(x for x in st.graphs if x >= b)
+                for _ in range(self.sync_every):
+                    st.graphs[rows].replay()
+            else:
+                # eager: attend only to the filled prefix of the cache
+                S_eff = min(S_buf, int(st.cur_len[:b].max()) + self.sync_every + 1)
+                for _ in range(self.sync_every):
+                    self._step(st, b, S_eff, use_top_p)
+            self.steps += self.sync_every
+            done = st.done[:b].cpu()
+            finished = [r for r in range(b) if slot_job[r] is not None and bool(done[r])]
+            if finished:
+                idx = torch.tensor(finished, device=self.device)
+                n_new = st.n_new[idx].cpu()
+                eos = st.eos[idx].cpu()
+                toks = st.out[idx, : int(n_new.max()) if len(n_new) else 0].cpu()
+                for i, r in enumerate(finished):
+                    o = DecodeOutput(slot_job[r].key, toks[i, : int(n_new[i])].clone(), bool(eos[i]))
+                    results.append(o)
+                    slot_job[r] = None
+                    if on_done:
+                        on_done(o)
+                fill(finished)
+            b = self._pack(st, slot_job, b)
+        return results
+
+    def _pack(self, st: _State, slot_job: list, b: int) -> int:
+        """Move the live rows to the front when some rows are free; returns the new live count."""
+        live = [r for r in range(b) if slot_job[r] is not None]
+        if len(live) == b or not live:
+            return len(live)
+        if live != list(range(len(live))):
+            idx = torch.tensor(live, device=self.device)
+            n = len(live)
+            upto = int(st.cur_len[idx].max()) + 1  # cache positions worth moving
+            for buf in st.k + st.v:
+                buf[:n, :, :upto] = buf[idx, :, :upto]
+            for buf in st.rows()[2 * len(st.k):]:
+                buf[:n] = buf[idx]
+            moved = [slot_job[r] for r in live]
+            for r in range(b):
+                slot_job[r] = moved[r] if r < len(live) else None
+        st.done[len(live): b] = True
+        return len(live)
+
+
+def _layer_step(layer, x: torch.Tensor, K: torch.Tensor, V: torch.Tensor, ar: torch.Tensor,
+                cur_len: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One post-norm transformer layer for one new token per row. x (b, 1, C); K, V (b, H, S, D)."""
+    attn = layer.self_attn
+    b, _, C = x.shape
+    H = attn.n_head
+    q, k, v = attn.project(x).chunk(3, dim=-1)
+    q, k, v = (t.view(b, 1, H, C // H).transpose(1, 2) for t in (q, k, v))
+    at = cur_len.clamp(max=K.shape[2] - 1)
+    K[ar, :, at] = k[:, :, 0]
+    V[ar, :, at] = v[:, :, 0]
+    y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
+    x = layer.norm1(x + attn.out_proj(y.transpose(1, 2).reshape(b, 1, C)))
+    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
