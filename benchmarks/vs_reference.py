@@ -25,7 +25,10 @@ stubbed here). Without `--reference` only our figures are printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
+import os
 import importlib.util
 import json
 import resource
@@ -56,6 +59,7 @@ def ref_weights():
 
 def import_reference(path: Path):
     """The reference's GPT and SoVITS classes from a local checkout."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # its decode loops draw progress bars
     root = path / "GPT_SoVITS"
     sys.path.insert(0, str(root))
     if "f5_tts" not in sys.modules:  # imported by the v3 branch of module.models only
@@ -161,7 +165,7 @@ def main() -> None:
             rs = None
             if rmodel is not None:
                 def ref_fn():
-                    with torch.no_grad():
+                    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # its per-call prints
                         if B == 1:
                             _, idx = rmodel.infer_panel(x, torch.tensor([x.shape[1]], device=dev), y, bert.to(dt),
                                                         top_k=15, early_stop_num=n - 1)

@@ -63,13 +63,16 @@ class _State:
     sem_pos: torch.Tensor  # (B,) long: sine position of the next fed token
     done: torch.Tensor  # (B,) bool: finished or free slot
     eos: torch.Tensor  # (B,) bool: ended with EOS
+    last: torch.Tensor  # (B,) long: the token drawn last
+    fed: torch.Tensor  # (B,) bool: the row was live when it was drawn
     rp: RowParams
     graphs: dict[int, Any] = field(default_factory=dict)
 
     def rows(self) -> list[torch.Tensor]:
         """Every (B, ...) buffer, for packing rows."""
         return [*self.k, *self.v, self.logits, self.seen, self.out, self.n_new, self.limit, self.cur_len,
-                self.sem_pos, self.done, self.eos, *(getattr(self.rp, f) for f in self.rp.fields())]
+                self.sem_pos, self.done, self.eos, self.last, self.fed,
+                *(getattr(self.rp, f) for f in self.rp.fields())]
 
 
 class DecodeEngine:
@@ -78,10 +81,12 @@ class DecodeEngine:
     `cuda_graphs=None` uses them on CUDA devices; `sync_every` steps run between host looks.
     """
 
-    def __init__(self, model, max_batch: int = 64, sync_every: int = 8, cuda_graphs: bool | None = None):
+    def __init__(self, model, max_batch: int = 64, sync_every: int | None = None, cuda_graphs: bool | None = None):
         self.max_batch = max_batch
-        self.sync_every = sync_every
         dev = model.ar_predict_layer.weight.device
+        # a host look costs a device sync on CUDA; on the CPU it is free, and every step past a
+        # row's end is wasted work, so look after every step there
+        self.sync_every = sync_every or (8 if dev.type == "cuda" else 1)
         self.device = dev
         self.graphs = (dev.type == "cuda") if cuda_graphs is None else cuda_graphs
         # graphs hold the addresses of the weights they were captured with: decode with a resident
@@ -126,7 +131,8 @@ class DecodeEngine:
             out=torch.zeros(B, W, dtype=torch.long, **z), n_new=torch.zeros(B, dtype=torch.long, **z),
             limit=torch.ones(B, dtype=torch.long, **z), cur_len=torch.zeros(B, dtype=torch.long, **z),
             sem_pos=torch.zeros(B, dtype=torch.long, **z), done=torch.ones(B, dtype=torch.bool, **z),
-            eos=torch.zeros(B, dtype=torch.bool, **z),
+            eos=torch.zeros(B, dtype=torch.bool, **z), last=torch.zeros(B, dtype=torch.long, **z),
+            fed=torch.zeros(B, dtype=torch.bool, **z),
             rp=RowParams.build([SamplingParams()] * B, [0] * B, dev))
         self.model.ar_audio_position.table(S + 1)  # grow the sine table now, never inside a step
         self._state, self._shape = st, shape
@@ -153,9 +159,14 @@ class DecodeEngine:
 
     # ---------------------------------------------------------------- one step (graph-capturable)
     def _step(self, st: _State, b: int, S: int, use_top_p: bool) -> None:
-        m, eos = self.model, self.model.cfg.eos
+        self._sample(st, b, use_top_p)
+        self._feed(st, b, S)
+
+    def _sample(self, st: _State, b: int, use_top_p: bool) -> None:
+        """Draw each row's next token from its logits and update its bookkeeping."""
+        eos = self.model.cfg.eos
         rp = RowParams(*(getattr(st.rp, f)[:b] for f in st.rp.fields()))
-        done, n_new, cur_len = st.done[:b], st.n_new[:b], st.cur_len[:b]
+        done, n_new = st.done[:b], st.n_new[:b]
         tok, greedy = sample(st.logits[:b], st.seen[:b], rp, n_new, eos, use_top_p)
         live = ~done
         stop = (tok == eos) | (greedy == eos)
@@ -169,7 +180,14 @@ class DecodeEngine:
         st.eos[:b] |= live & stop
         n_new += append.long()
         done |= (live & stop) | (n_new >= st.limit[:b])
-        # feed the new token: write its key/value at cur_len, attend to everything before it
+        st.last[:b] = tok
+        st.fed[:b] = live
+
+    def _feed(self, st: _State, b: int, S: int) -> None:
+        """Run each row's new token through the transformer: its key/value go to cur_len."""
+        m = self.model
+        tok, live, cur_len = st.last[:b], st.fed[:b], st.cur_len[:b]
+        ar = torch.arange(b, device=tok.device)
         pos = st.sem_pos[:b]
         x = m.ar_audio_embedding(tok[:, None])
         x = x + m.ar_audio_position.alpha * m.ar_audio_position.pe[pos][:, None].to(x.dtype)
@@ -268,8 +286,11 @@ class DecodeEngine:
             else:
                 # eager: attend only to the filled prefix of the cache
                 S_eff = min(S_buf, int(st.cur_len[:b].max()) + self.sync_every + 1)
-                for _ in range(self.sync_every):
-                    self._step(st, b, S_eff, use_top_p)
+                for i in range(self.sync_every):
+                    self._sample(st, b, use_top_p)
+                    if i == self.sync_every - 1 and bool(st.done[:b].all()):
+                        break  # nobody needs the next logits
+                    self._feed(st, b, S_eff)
             self.steps += self.sync_every
             done = st.done[:b].cpu()
             finished = [r for r in range(b) if slot_job[r] is not None and bool(done[r])]
