@@ -118,13 +118,18 @@ def test_enroll_then_render(enrolled, kind):
     script = write_script(store, "scripts/s1.csv", rows)
     res = render_script(script, OWNER, store.uri, lines_per_shard=5, batch_size=8)
     assert res["status"] == "complete" and res["lines"] == 17
-    assert (res["ok"], res["failed"], res["refused"]) == (14, 2, 1)
+    # empty text and an unsupported language are refused by the plan, before any compute
+    assert (res["ok"], res["failed"], res["refused"]) == (14, 0, 3)
     table = assert_render_complete(store, res["job_id"], [r["line_id"] for r in rows])
     by_id = {r["line_id"]: r for r in table.to_pylist()}
     assert "unknown voice" in by_id["ghost-1"]["error"]
-    assert by_id["empty-1"]["status"] == "failed" and by_id["klingon-1"]["status"] == "failed"
-    assert "tlh" in by_id["klingon-1"]["error"]
+    assert by_id["empty-1"]["status"] == "refused" and "text is empty" in by_id["empty-1"]["error"]
+    assert by_id["klingon-1"]["status"] == "refused" and "unsupported language 'tlh'" in by_id["klingon-1"]["error"]
+    assert all(r["attempts"] == 1 and r["run"] == 1 for r in by_id.values() if r["status"] == "ok")
+    assert len(store.glob(f"{job_prefix(res['job_id'])}/index/*.parquet")) == 1  # compacted at the end
     assert len({r["shard"] for r in table.to_pylist() if r["shard"]}) >= 3  # 14 ok lines, 5 lines per shard
+    assert sorted(store.glob(f"{job_prefix(res['job_id'])}/shards/*.tar")) == sorted(
+        f"{job_prefix(res['job_id'])}/{r['shard']}" for r in {r["shard"]: r for r in by_id.values() if r["shard"]}.values())
 
     # another principal is refused for every line, before any compute
     other = render_script(script, "user:mallory", store.uri, job_id="mallory-job")
