@@ -76,13 +76,13 @@ def worst_lines(store: Store, job_id: str, n: int = 10) -> list[dict]:
     con = _connect(store, job_id)
     if con is None:
         return []
-    return con.execute("""
+    return con.sql("""
         SELECT line_id, voice_id, status, coalesce(error, qc_reasons) AS reason, duration_s, wer, speaker_similarity,
                truncated, attempts
         FROM idx WHERE status <> 'ok' OR qc_passed = false OR truncated OR wer IS NOT NULL
         ORDER BY (status = 'failed') DESC, (status = 'refused') DESC, (qc_passed = false) DESC, truncated DESC,
                  wer DESC NULLS LAST, speaker_similarity ASC NULLS LAST, line_id
-        LIMIT ?""", [n]).to_arrow_table().to_pylist()
+        LIMIT ?""", params=[n]).to_arrow_table().to_pylist()
 
 
 def compact(store: Store, job_id: str) -> int:
