@@ -47,7 +47,7 @@ PLAN_SCHEMA = pa.schema([
     ("target_seconds", pa.float64()), ("bucket", pa.int32()), ("row", pa.int64()),
 ])
 TODO_COLUMNS = [n for n in PLAN_SCHEMA.names if n != "row"]
-DUCKDB_MEMORY = "128MB"
+DUCKDB_MEMORY = "256MB"  # DuckDB spills joins and sorts to disk beyond this
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # storage.safe_id's rule
 
 
@@ -111,7 +111,7 @@ def line_seed(line_id: str, text: str) -> int:
 
 
 def plan_script(url: str, store: Store, principal: str, limits: LineLimits = LineLimits(),
-                batch_rows: int = 65536, bucket_chars: int = 64) -> Plan:
+                batch_rows: int = 16384, bucket_chars: int = 64) -> Plan:
     """Read and check the script once; returns the plan (its parts in a local temp folder)."""
     authorize = VoiceAuthorizer(store, principal)
     plan = Plan(url, tempfile.mkdtemp(prefix="vf-plan-"), 0)
@@ -215,6 +215,7 @@ def _connect(directory: str) -> duckdb.DuckDBPyConnection:
     con.execute("SET threads=2")
     con.execute("SET temp_directory=?", [os.path.join(directory, "duckdb-tmp")])
     con.execute("SET preserve_insertion_order=false")
+    con.execute("SET enable_progress_bar=false")
     return con
 
 

@@ -200,12 +200,16 @@ def test_render_killed_midway_resumes_without_duplicates(enrolled, ray_cluster, 
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     table = assert_render_complete(store, job, [r["line_id"] for r in rows])
     assert set(table.column("status").to_pylist()) == {"ok"}
-    after = _index_parts(store, job)
-    for key, data in before.items():  # finished work is kept byte for byte, never rewritten
-        assert after[key] == data
-    new_ids = [r["line_id"] for k in after if k not in before for r in pq.read_table(io.BytesIO(after[k])).to_pylist()]
+    # finished work is kept: the same bytes at the same place, still from the first run
+    rows_before = {r["line_id"]: r for k in before for r in pq.read_table(io.BytesIO(before[k])).to_pylist()}
+    final = {r["line_id"]: r for r in table.to_pylist()}
+    for line_id, r in rows_before.items():
+        got = final[line_id]
+        assert (got["sha256"], got["shard"], got["offset"], got["run"]) == (r["sha256"], r["shard"], r["offset"], 1)
+    new_ids = [line_id for line_id, r in final.items() if r["run"] == 2]
     assert not set(new_ids) & done_before  # no finished line rendered twice
     assert sorted(new_ids) == sorted(set(r["line_id"] for r in rows) - done_before)
+    assert len(store.glob(f"{job_prefix(job)}/index/*.parquet")) == 1  # compacted when the job finished
     # shards referenced by the index are whole tars
     for shard in set(table.column("shard").to_pylist()):
         with tarfile.open(fileobj=io.BytesIO(store.read_bytes(f"{job_prefix(job)}/{shard}"))) as tf:

@@ -19,8 +19,6 @@ from voicefleet.tasks.storage import Store
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
-PREFECT_STARTUP = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # a busy 2-core test machine
-os.environ.update(PREFECT_STARTUP)
 
 GOOD = [
     ("short", "ann", "Hi there.", "en", {}),
@@ -72,7 +70,7 @@ def write_script(path, rows) -> str:
 
 
 def cli(*args, env):
-    env = {**PREFECT_STARTUP, "COLUMNS": "250", **env}
+    env = {"COLUMNS": "250", **env}
     return subprocess.run([sys.executable, "-m", "voicefleet.flows.cli", *args], env=env, capture_output=True,
                           text=True, timeout=600)
 
