@@ -6,6 +6,7 @@ Exit codes (the one place they are decided):
     2  bad input: missing or unreadable file, bad columns, invalid id or principal
     3  not found: unknown voice or job
     4  finished, but some lines failed or were refused, or some speakers were rejected
+    5  busy: another run of the same render job holds its lease
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from rich.table import Table  # noqa: E402
 from . import progress as progress_hook  # noqa: E402
 
 DEFAULT_STORE = "./voicefleet-data"
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PARTIAL = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 app = typer.Typer(help="voicefleet: voice cloning at scale (GPT-SoVITS v2 on Ray + Prefect).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -61,7 +62,9 @@ def exit_code_for(exc: BaseException) -> int:
     """Map the pipeline's user-actionable exceptions to exit codes."""
     from voicefleet.model.checkpoint import CheckpointError
     from voicefleet.tasks.base_model import PretrainedNotFound
+    from voicefleet.tasks.job_lease import JobLeaseHeld, JobLeaseLost
     from voicefleet.tasks.registry import InvalidPrincipal, UnknownVersion, UnknownVoice
+    from voicefleet.tasks.runtime import LocalStoreOnCluster
     from voicefleet.tasks.script import ScriptError
     from voicefleet.tasks.storage import InvalidId, InvalidKey
 
@@ -69,8 +72,10 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, (UnknownVoice, UnknownVersion)):
         return EXIT_NOT_FOUND
+    if isinstance(exc, (JobLeaseHeld, JobLeaseLost)):
+        return EXIT_BUSY
     if isinstance(exc, (ScriptError, InvalidId, InvalidKey, InvalidPrincipal, PretrainedNotFound, CheckpointError,
-                        FileNotFoundError, IsADirectoryError, PermissionError)):
+                        LocalStoreOnCluster, FileNotFoundError, IsADirectoryError, PermissionError)):
         return EXIT_BAD_INPUT
     return EXIT_INTERNAL
 
@@ -90,7 +95,7 @@ def handled():
         if os.environ.get("VOICEFLEET_DEBUG") == "1":
             err.print_exception()
         msg = str(e).strip().strip("'\"") or type(e).__name__
-        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found"}.get(code, "internal error")
+        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_BUSY: "busy"}.get(code, "internal error")
         err.print(f"[red]{label}[/]: {msg}", highlight=False, soft_wrap=True)
         if code == EXIT_INTERNAL:
             err.print("(set VOICEFLEET_DEBUG=1 for the traceback)")
@@ -115,7 +120,8 @@ def progress_bars():
         extra = ""
         c = info.get("counts")
         if c is not None:
-            extra = f"ok {c.ok}  failed {c.failed}  refused {c.refused}  skipped {c.skipped}  audio {c.audio_s:.0f}s"
+            extra = (f"ok {c.ok}  failed {c.failed}  refused {c.refused}  truncated {c.truncated}  skipped {c.skipped}  "
+                     f"audio {c.audio_s:.0f}s")
         bars.update(tasks[stage], total=info.get("total"), completed=info.get("done", 0), extra=extra)
 
     progress_hook.set_listener(listener)
@@ -181,10 +187,10 @@ def print_enroll(summary: dict) -> int:
 
 def print_render(summary: dict) -> int:
     t = Table(title=f"render job {summary['job_id']} ({summary['status']})")
-    for col in ("lines", "ok", "failed", "refused", "audio s", "skipped (earlier runs)"):
+    for col in ("lines", "ok", "failed", "refused", "truncated", "audio s", "skipped (earlier runs)"):
         t.add_column(col, justify="right")
     t.add_row(str(summary["lines"]), str(summary["ok"]), str(summary["failed"]), str(summary["refused"]),
-              f"{summary['audio_s']:.1f}", str(summary["skipped_this_run"]))
+              str(summary["truncated"]), f"{summary['audio_s']:.1f}", str(summary["skipped_this_run"]))
     console.print(t)
     for line_id, error in summary.get("failures") or []:
         console.print(f"  [yellow]{line_id}[/]: {error}", highlight=False)
@@ -226,18 +232,19 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
            cpus: float = typer.Option(1.0, help="CPUs per actor."),
            batch_size: int = typer.Option(16, help="Lines per synthesis batch."),
            lines_per_shard: int = typer.Option(256, help="Lines per output shard."),
-           pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model).")):
+           pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model)."),
+           retry_failed: bool = typer.Option(False, "--retry-failed", help="Render lines that failed in earlier runs again."),
+           max_chars: int = typer.Option(2000, min=1, help="Longest line text accepted (characters); longer lines are refused."),
+           voice_cache: int = typer.Option(4, min=1, help="Loaded voices kept per synthesis actor.")):
     """Render a script into WebDataset shards + a Parquet index under renders/<job>/."""
     with handled():
-        from voicefleet.tasks.registry import check_principal
-        from voicefleet.tasks.script import inspect_script
-
-        check_principal(principal)
         check_pretrained(pretrained)
-        info = inspect_script(script)
-        known = {v.voice_id for v in _registry(store).list()}
-        unknown = sorted(v for v in info.voices if v not in known)
-        if unknown and len(unknown) == len(info.voices):
+        from .render import make_plan
+
+        plan = make_plan(script, store, principal, max_chars)  # the one read of the script
+        unknown = sorted(v for v, d in plan.decisions.items() if d.reason.startswith("unknown voice"))
+        if unknown and len(unknown) == len(plan.voices):
+            plan.cleanup()
             raise CLIError(f"unknown voice(s) {', '.join(unknown)}: no line of {script} can be rendered "
                            f"(see `voicefleet voices list --store {store}`)", EXIT_NOT_FOUND)
         if unknown:
@@ -247,7 +254,8 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
 
         with progress_bars():
             summary = render_script(script, principal, store, job_id=job, pretrained=pretrained, actors=actors,
-                                    num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard)
+                                    num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard,
+                                    retry_failed=retry_failed, max_chars=max_chars, voice_cache=voice_cache, plan=plan)
         if summary.get("dashboard"):
             console.print(f"Ray dashboard: {summary['dashboard']}")
         raise typer.Exit(print_render(summary))
@@ -286,33 +294,70 @@ def voices_show(voice: str = typer.Argument(..., help="Voice id."), store: str =
         console.print_json(json.dumps(out, default=str))
 
 
-@jobs_app.command("show")
-def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt):
-    """Status and counts of a render job."""
-    with handled():
-        from voicefleet.tasks.shards import index_glob, job_prefix
-        from voicefleet.tasks.storage import safe_id
+def _job_meta(s, job: str) -> dict:
+    from voicefleet.tasks.shards import job_prefix
+    from voicefleet.tasks.storage import safe_id
 
-        from .render import job_totals
+    safe_id(job, "job id")
+    key = f"{job_prefix(job)}/job.json"
+    if not s.exists(key):
+        raise CLIError(f"no render job {job} in {s.uri}", EXIT_NOT_FOUND)
+    return s.read_json(key)
+
+
+@jobs_app.command("show")
+def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt,
+              worst: int = typer.Option(10, min=0, help="How many of the worst lines to list.")):
+    """Status and counts of a render job (by distinct line), audio hours and the worst lines."""
+    with handled():
+        from voicefleet.tasks.job_index import job_totals, worst_lines
+        from voicefleet.tasks.shards import index_glob
 
         s = store_of(store)
-        safe_id(job, "job id")
-        key = f"{job_prefix(job)}/job.json"
-        if not s.exists(key):
-            raise CLIError(f"no render job {job} in {store}", EXIT_NOT_FOUND)
-        meta = s.read_json(key)
+        meta = _job_meta(s, job)
         totals = job_totals(s, job)
         t = Table(title=f"job {job}")
         t.add_column("field")
         t.add_column("value")
-        status = "complete" if totals["lines_indexed"] == meta.get("lines") else (
+        status = "complete" if totals.lines_indexed == meta.get("lines") else (
             "incomplete (rerun the render command to resume)" if meta.get("status") != "running" else "running or interrupted")
         for k, v in [("status", status), ("script", meta.get("script")), ("principal", meta.get("principal")),
-                     ("lines", meta.get("lines")), ("indexed", totals["lines_indexed"]), ("ok", totals["ok"]),
-                     ("failed", totals["failed"]), ("refused", totals["refused"]), ("audio s", totals["audio_s"]),
-                     ("runs", len(meta.get("runs", []))), ("index", index_glob(s, job))]:
+                     ("lines", meta.get("lines")), ("indexed", totals.lines_indexed), ("ok", totals.ok),
+                     ("failed", totals.failed), ("refused", totals.refused), ("truncated", totals.truncated),
+                     ("qc failed", totals.qc_failed), ("audio h", f"{totals.audio_s / 3600:.3f}"),
+                     ("audio s", f"{totals.audio_s:.1f}"), ("runs", len(meta.get("runs", []))),
+                     ("index files", totals.index_files), ("index", index_glob(s, job))]:
             t.add_row(k, str(v))
         console.print(t)
+        rows = worst_lines(s, job, worst) if worst else []
+        if rows:
+            w = Table(title=f"worst {len(rows)} lines")
+            for col in ("line", "voice", "status", "reason", "s", "wer", "similarity", "attempts"):
+                w.add_column(col)
+            for r in rows:
+                w.add_row(r["line_id"], str(r["voice_id"] or "-"), r["status"], (r["reason"] or "")[:160],
+                          "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
+                          "-" if r["wer"] is None else f"{r['wer']:.2f}",
+                          "-" if r["speaker_similarity"] is None else f"{r['speaker_similarity']:.2f}",
+                          str(r["attempts"] if r["attempts"] is not None else "-"))
+            console.print(w)
+
+
+@jobs_app.command("compact")
+def jobs_compact(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt):
+    """Rewrite a job's index parts as a few large files and delete tars no row points at."""
+    with handled():
+        from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
+        from voicefleet.tasks.job_lease import JobLease
+
+        s = store_of(store)
+        _job_meta(s, job)
+        before = job_totals(s, job).index_files
+        with JobLease(s, job):
+            written = compact(s, job)
+            orphans = remove_orphans(s, job)
+        console.print(f"job {job}: index files {before} -> {job_totals(s, job).index_files} "
+                      f"({written} written), orphaned tars removed: {len(orphans)}")
 
 
 @app.command()

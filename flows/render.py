@@ -1,9 +1,12 @@
 """Prefect flow `render_script`: a script of lines -> audio shards + Parquet index, as a principal.
 
-    inspect script (columns, unique ids) -> authorize voices (before any compute)
-      -> render on a Ray Data actor pool (tasks/render.py) -> job record + summary artifact
+    plan (read the script once: check every line, authorize each voice once; tasks/render_plan.py)
+      -> job lease (one writing run per job) -> this run's work list (anti-join with the index)
+      -> render on a Ray Data actor pool (tasks/render.py)
+      -> compact the index, remove orphaned tars -> job record + summary artifact
 
-Rerunning the same script as the same principal resumes the same job (or pass `job_id`).
+Rerunning the same script as the same principal resumes the same job (or pass `job_id`): finished
+lines are kept, refusals are decided again, failed lines are rendered again with `retry_failed`.
 """
 from __future__ import annotations
 
@@ -12,17 +15,19 @@ import hashlib
 from pathlib import Path
 
 import fsspec
-import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect import task as prefect_task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry, check_principal
-from voicefleet.tasks.render import RenderCounts, RenderSettings, VoiceDecision, render_lines
-from voicefleet.tasks.runtime import Resources, ensure_ray
-from voicefleet.tasks.script import ScriptInfo, inspect_script
-from voicefleet.tasks.shards import index_glob, job_prefix, read_index
+from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
+from voicefleet.tasks.job_lease import JobLease
+from voicefleet.tasks.line_checks import DEFAULT_MAX_CHARS, LineLimits
+from voicefleet.tasks.registry import check_principal
+from voicefleet.tasks.render import RenderCounts, RenderSettings, render_lines
+from voicefleet.tasks.render_plan import Plan, plan_script, todo_prefix, write_todo
+from voicefleet.tasks.runtime import Resources, check_store_for_cluster, ensure_ray
+from voicefleet.tasks.shards import index_glob, job_prefix
 from voicefleet.tasks.storage import Store, safe_id
 
 from .progress import report
@@ -48,100 +53,92 @@ def bert_dir_of(pretrained: str | None) -> str | None:
     return str(hits[0].parent) if hits else None
 
 
-@task
-def inspect(script: str) -> ScriptInfo:
-    return inspect_script(script)
+def make_plan(script: str, store: str, principal: str, max_chars: int = DEFAULT_MAX_CHARS) -> Plan:
+    """Read the script once and check every line (no Ray, no Prefect): the CLI calls this first."""
+    return plan_script(script, Store(store), check_principal(principal), LineLimits(max_chars=max_chars))
 
 
 @task
-def authorize(store: str, info: ScriptInfo, principal: str) -> dict[str, VoiceDecision]:
-    registry = VoiceRegistry(Store(store))
-    decisions = {}
-    for voice in info.voices:
-        try:
-            rec = registry.get(voice)
-        except (UnknownVoice, ValueError):
-            decisions[voice] = VoiceDecision(False, f"unknown voice {voice!r}")
-            continue
-        if rec.status != "ready" and rec.current_version is None:
-            decisions[voice] = VoiceDecision(False, f"voice {voice} is not ready (status {rec.status})")
-            continue
-        d = registry.authorize(voice, principal)
-        decisions[voice] = VoiceDecision(d.allowed, d.reason if not d.allowed else "", rec.current_version)
-    return decisions
-
-
-def job_totals(store: Store, job_id: str) -> dict:
-    table = read_index(store, job_id, columns=["status", "duration_s"])
-    totals = {"lines_indexed": table.num_rows}
-    for status in ("ok", "failed", "refused"):
-        totals[status] = int(pc.sum(pc.equal(table["status"], status)).as_py() or 0)
-    totals["audio_s"] = round(float(pc.sum(table["duration_s"]).as_py() or 0.0), 2)
-    return totals
-
-
-@task
-def render(store: str, job_id: str, info: ScriptInfo, decisions: dict[str, VoiceDecision], settings: RenderSettings,
+def render(store: str, job_id: str, plan: Plan, settings: RenderSettings, run: int, retry_failed: bool,
            bert_dir: str | None) -> RenderCounts:
-    report("render", total=info.lines, done=0)
+    s = Store(store)
+    todo = write_todo(plan, s, job_id, run, retry_failed)
+    report("render", total=plan.lines, done=todo.skipped)
 
     def progress(c: RenderCounts) -> None:
-        report("render", total=info.lines, done=c.ok + c.failed + c.refused + c.skipped, counts=c)
+        report("render", total=plan.lines, done=c.ok + c.failed + c.refused + c.skipped, counts=c)
 
-    return render_lines(Store(store), job_id, info, decisions, settings, bert_dir, on_progress=progress)
+    try:
+        return render_lines(s, job_id, todo.keys, plan.decisions, settings, run, bert_dir, skipped=todo.skipped,
+                            on_progress=progress)
+    finally:
+        s.delete(todo_prefix(job_id, run), recursive=True)
+
+
+@task
+def finish(store: str, job_id: str) -> dict:
+    """Compact the index, drop tars no row points at, and count by distinct line id."""
+    s = Store(store)
+    compacted = compact(s, job_id)
+    orphans = remove_orphans(s, job_id)
+    return {**job_totals(s, job_id).as_dict(), "compacted_files": compacted, "orphans_removed": len(orphans)}
 
 
 @flow(name="render-script", log_prints=True)
 def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_id: str | None = None,
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                  batch_size: int = 16, lines_per_shard: int = 256) -> dict:
-    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`."""
+                  batch_size: int = 16, lines_per_shard: int = 256, retry_failed: bool = False,
+                  max_chars: int = DEFAULT_MAX_CHARS, voice_cache: int = 4, plan: Plan | None = None) -> dict:
+    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
+
+    `plan`: the result of `make_plan` when the caller already read the script (the CLI does).
+    """
     principal = check_principal(principal)
-    info = inspect(script)
-    job_id = safe_id(job_id or default_job_id(script, principal), "job id")
-    s = Store(store)
-    dashboard = ensure_ray()
-    decisions = authorize(store, info, principal)
-    started = dt.datetime.now(dt.timezone.utc).isoformat()
-    job_key = f"{job_prefix(job_id)}/job.json"
-    job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
-    job.update(script=info.url, principal=principal, lines=info.lines, status="running",
-               voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason} for v, d in decisions.items()})
-    job["runs"].append({"started_at": started})
-    s.write_json(job_key, job)
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,
-                              resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus))
-    counts = render(store, job_id, info, decisions, settings, bert_dir_of(pretrained))
-    totals = job_totals(s, job_id)
-    complete = totals["lines_indexed"] == info.lines
-    job["status"] = "complete" if complete else "incomplete"
-    job["totals"] = totals
-    job["runs"][-1].update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), rendered_ok=counts.ok,
-                           failed=counts.failed, refused=counts.refused, skipped=counts.skipped)
-    s.write_json(job_key, job)
-    summary = {"job_id": job_id, "status": job["status"], "lines": info.lines, **totals, "skipped_this_run": counts.skipped,
+                              voice_cache=voice_cache, resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus))
+    plan = plan or make_plan(script, store, principal, max_chars)
+    s = Store(store)
+    try:
+        job_id = safe_id(job_id or default_job_id(script, principal), "job id")
+        with JobLease(s, job_id) as lease:
+            dashboard = ensure_ray()
+            check_store_for_cluster(s)
+            started = dt.datetime.now(dt.timezone.utc).isoformat()
+            job_key = f"{job_prefix(job_id)}/job.json"
+            job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
+            job.update(script=plan.url, principal=principal, lines=plan.lines, status="running",
+                       voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason}
+                               for v, d in plan.decisions.items()})
+            job["runs"].append({"started_at": started, "retry_failed": retry_failed})
+            run = len(job["runs"])
+            s.write_json(job_key, job)
+            counts = render(store, job_id, plan, settings, run, retry_failed, bert_dir_of(pretrained))
+            lease.check()
+            totals = finish(store, job_id)
+            job["status"] = "complete" if totals["lines_indexed"] == plan.lines else "incomplete"
+            job["totals"] = totals
+            job["runs"][-1].update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), rendered_ok=counts.ok,
+                                   failed=counts.failed, refused=counts.refused, truncated=counts.truncated,
+                                   skipped=counts.skipped)
+            s.write_json(job_key, job)
+    finally:
+        plan.cleanup()
+    summary = {"job_id": job_id, "status": job["status"], "lines": plan.lines, **totals, "skipped_this_run": counts.skipped,
                "output": s.url(job_prefix(job_id)), "index_glob": index_glob(s, job_id), "dashboard": dashboard,
-               "failures": counts.failures[:10], "untrained_voices": untrained_voices(s, decisions)}
+               "failures": counts.failures[:10], "untrained_voices": untrained_voices(plan)}
     try:
         create_table_artifact(key="render-summary", table=[
-            {"job": job_id, "lines": info.lines, "ok": totals["ok"], "failed": totals["failed"],
-             "refused": totals["refused"], "audio_s": totals["audio_s"], "output": summary["output"]}]
-            + [{"job": f"line {lid}", "lines": None, "ok": None, "failed": None, "refused": None, "audio_s": None,
-                "output": err} for lid, err in counts.failures[:20]],
+            {"job": job_id, "lines": plan.lines, "ok": totals["ok"], "failed": totals["failed"],
+             "refused": totals["refused"], "truncated": totals["truncated"], "audio_h": totals["audio_h"],
+             "this_run": f"ok {counts.ok}, failed {counts.failed}, refused {counts.refused}, skipped {counts.skipped}",
+             "output": summary["output"]}]
+            + [{"job": f"line {lid}", "lines": None, "ok": None, "failed": None, "refused": None, "truncated": None,
+                "audio_h": None, "this_run": None, "output": err} for lid, err in counts.failures[:20]],
             description=f"Render job {job_id} ({job['status']}); index: {summary['index_glob']}")
     except Exception:  # noqa: BLE001
         get_run_logger().warning("could not create the Prefect artifact")
     return summary
 
 
-def untrained_voices(store: Store, decisions: dict[str, VoiceDecision]) -> list[str]:
-    registry = VoiceRegistry(store)
-    out = []
-    for v, d in decisions.items():
-        if d.allowed and d.version is not None:
-            try:
-                if registry.version(v, d.version).untrained:
-                    out.append(v)
-            except (RegistryError, ValueError):
-                pass
-    return out
+def untrained_voices(plan: Plan) -> list[str]:
+    return sorted(v for v, d in plan.decisions.items() if d.allowed and d.record is not None and d.record.untrained)

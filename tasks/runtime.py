@@ -71,3 +71,19 @@ def dashboard_url() -> str | None:
     if not _dashboard:
         return None
     return _dashboard if _dashboard.startswith("http") else "http://" + _dashboard
+
+
+class LocalStoreOnCluster(ValueError):
+    """A local-folder store used on a multi-node Ray cluster: each node would write to its own disk."""
+
+
+def check_store_for_cluster(store) -> None:
+    """Refuse a local-folder store when the Ray cluster has more than one node (call after ensure_ray)."""
+    if not store.is_local:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        raise LocalStoreOnCluster(
+            f"store {store.uri} is a local folder but the Ray cluster has {len(nodes)} nodes: each node would "
+            "write to its own disk and the job's files would be scattered; use an object store (s3://...) "
+            "or a single-node cluster")

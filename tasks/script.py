@@ -1,40 +1,29 @@
 """Render scripts: CSV, JSONL or Parquet rows of `line_id, voice_id, text, language` (+ options).
 
-`inspect_script` streams the script once in Arrow batches, reading only the id columns, to check
-the contract before any compute: required columns present, no unknown columns, unique and safe line
-ids. It returns the voices used and the line count; the driver never holds the whole script.
+`iter_batches` is the one reader of a script: it streams the file in Arrow record batches and is
+read once per render run (by the plan, tasks/render_plan.py). CSV and JSONL values arrive as
+strings (or null), whatever they look like, so one odd value ("fast" in a numeric column) is a
+bad line for the plan to refuse, not an unreadable file; Parquet keeps its own column types.
+`check_columns` checks the header: required columns present, no unknown columns.
 """
 from __future__ import annotations
 
+import json
 import posixpath
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
-
-from .storage import InvalidId, safe_id
 
 REQUIRED = ("line_id", "voice_id", "text", "language")
 OPTIONAL = ("target_seconds", "speed", "seed", "top_k", "temperature", "noise_scale")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-MAX_TEXT_CHARS = 5000
 
 
 class ScriptError(ValueError):
     """The script as a whole is unusable: unreadable, wrong columns, duplicate or unsafe ids."""
-
-
-@dataclass
-class ScriptInfo:
-    url: str
-    format: str
-    lines: int
-    columns: list[str]
-    voices: dict[str, int] = field(default_factory=dict)  # voice_id -> line count
 
 
 def script_format(url: str) -> str:
@@ -44,8 +33,18 @@ def script_format(url: str) -> str:
     return FORMATS[ext]
 
 
-def iter_batches(url: str, columns: list[str] | None = None, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Stream the script as Arrow record batches (all values as strings except Parquet's own types)."""
+def check_columns(url: str, columns: list[str], require: bool = True) -> None:
+    """Unknown columns are refused; with `require`, missing required ones too (JSONL rows may omit keys)."""
+    missing = [c for c in REQUIRED if c not in columns] if require else []
+    if missing:
+        raise ScriptError(f"script {url} lacks required column(s) {', '.join(missing)} (has: {', '.join(columns)})")
+    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ScriptError(f"unknown column(s) {', '.join(unknown)} in {url}; allowed: {', '.join(REQUIRED + OPTIONAL)}")
+
+
+def iter_batches(url: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Stream the script as Arrow record batches of at most `batch_rows` rows."""
     fmt = script_format(url)
     try:
         fs, path = fsspec.core.url_to_fs(url)
@@ -53,56 +52,45 @@ def iter_batches(url: str, columns: list[str] | None = None, batch_rows: int = 6
             raise ScriptError(f"script not found: {url}")
         with fs.open(path, "rb") as f:
             if fmt == "parquet":
-                pf = pq.ParquetFile(f)
-                cols = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
-                yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
             elif fmt == "csv":
                 reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
                                         convert_options=pacsv.ConvertOptions(
-                                            column_types={c: pa.string() for c in REQUIRED}))
+                                            column_types={c: pa.string() for c in REQUIRED + OPTIONAL},
+                                            null_values=[""], strings_can_be_null=True))
                 for batch in reader:
-                    yield batch if columns is None else batch.select([c for c in columns if c in batch.schema.names])
+                    for start in range(0, batch.num_rows, batch_rows):
+                        yield batch.slice(start, batch_rows)
             else:
-                reader = pajson.open_json(f, read_options=pajson.ReadOptions(block_size=1 << 22))
-                for batch in reader:
-                    yield batch if columns is None else batch.select([c for c in columns if c in batch.schema.names])
+                yield from _jsonl_batches(url, f, batch_rows)
     except ScriptError:
         raise
     except (pa.ArrowInvalid, OSError, ValueError) as e:
         raise ScriptError(f"cannot read script {url}: {str(e).splitlines()[0]}") from e
 
 
-def inspect_script(url: str) -> ScriptInfo:
-    fmt = script_format(url)
-    seen: set[str] = set()
-    voices: dict[str, int] = {}
-    columns: list[str] | None = None
-    n = 0
-    for batch in iter_batches(url):
-        if columns is None:
-            columns = list(batch.schema.names)
-            missing = [c for c in REQUIRED if c not in columns]
-            if missing:
-                raise ScriptError(f"script {url} lacks required column(s) {', '.join(missing)} "
-                                  f"(has: {', '.join(columns)})")
-            unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
-            if unknown:
-                raise ScriptError(f"unknown column(s) {', '.join(unknown)} in {url}; "
-                                  f"allowed: {', '.join(REQUIRED + OPTIONAL)}")
-        for line_id, voice_id in zip(batch.column("line_id").to_pylist(), batch.column("voice_id").to_pylist()):
-            n += 1
-            if line_id is None:
-                raise ScriptError(f"row {n} of {url} has no line_id")
-            line_id = str(line_id)
-            try:
-                safe_id(line_id, "line_id")
-            except InvalidId as e:
-                raise ScriptError(f"row {n} of {url}: {e}") from e
-            if line_id in seen:
-                raise ScriptError(f"line_id {line_id!r} appears more than once in {url} (row {n})")
-            seen.add(line_id)
-            v = "" if voice_id is None else str(voice_id)
-            voices[v] = voices.get(v, 0) + 1
-    if columns is None or n == 0:
-        raise ScriptError(f"script {url} has no rows")
-    return ScriptInfo(url, fmt, n, columns, voices)
+def _jsonl_batches(url: str, f, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """JSON lines -> string columns (non-string values as their JSON text: 1.5 -> "1.5", true -> "true")."""
+    rows: list[dict] = []
+    columns: dict[str, None] = {}
+    for n, raw in enumerate(f, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as e:
+            raise ScriptError(f"line {n} of {url} is not valid JSON: {e}") from e
+        if not isinstance(obj, dict):
+            raise ScriptError(f"line {n} of {url} is a JSON {type(obj).__name__}, not an object")
+        columns.update(dict.fromkeys(obj))
+        rows.append({k: v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                     for k, v in obj.items()})
+        if len(rows) == batch_rows:
+            yield _string_batch(rows, list(columns))
+            rows = []
+    if rows:
+        yield _string_batch(rows, list(columns))
+
+
+def _string_batch(rows: list[dict], columns: list[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({c: pa.array([r.get(c) for r in rows], pa.string()) for c in columns})

@@ -9,12 +9,14 @@ A shard and its index part share `<name>`. Publishing one is two atomic writes i
 order: the tar (built whole in a local temp file) first, then the index part. So a reader who
 finds a row always finds its bytes; a crash between the two leaves a tar that no row points at,
 which `read_index` never sees and `finished_line_ids` does not count, so those lines are
-rendered again. Failed and refused lines get rows too (no shard); every line with a row is
-finished and must not be rendered again.
+rendered again. Failed and refused lines get rows too (no shard). An ok line is never rendered
+again; a failed one only with `--retry-failed`, a refused one when its refusal changed. The new
+row carries a later `run`, and `read_index` returns the newest row per line id.
 
-Writers name their shards `<writer_id>-<seq>-<digest of the line ids>`: a rerun never reuses
+`ShardWriter` names its shards `<writer_id>-<seq>-<digest of the line ids>`: a rerun never reuses
 the name of a part that points at other lines, and the index part for a name is refused if it
-exists already, so no line's row is written twice through the same part.
+exists already. The render pipeline instead names a shard after its content (`content_name`), so a
+retried write of the same result replaces itself (`replace=True`) instead of adding rows.
 """
 
 from __future__ import annotations
@@ -30,40 +32,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from voicefleet.tasks.audio import AudioDecodeError, probe_audio
+from voicefleet.tasks.index_schema import CALLER_FIELDS, INDEX_SCHEMA, STATUSES, WRITER_FIELDS
 from voicefleet.tasks.storage import Store, safe_id
 
-STATUSES = ("ok", "failed", "refused")
-
-INDEX_SCHEMA = pa.schema([
-    pa.field("line_id", pa.string(), nullable=False),
-    pa.field("voice_id", pa.string()),
-    pa.field("voice_version", pa.string()),
-    pa.field("status", pa.string(), nullable=False),   # "ok" | "failed" | "refused"
-    pa.field("error", pa.string()),                     # why a line failed or was refused
-    pa.field("shard", pa.string()),                     # "shards/<name>.tar", relative to the job
-    pa.field("offset", pa.int64()),                     # first byte of the FLAC data in the tar
-    pa.field("size", pa.int64()),                       # FLAC byte count
-    pa.field("sample_rate", pa.int32()),
-    pa.field("num_samples", pa.int64()),
-    pa.field("duration_s", pa.float64()),
-    pa.field("sha256", pa.string()),                    # of the FLAC bytes
-    pa.field("text", pa.string()),
-    pa.field("language", pa.string()),
-    # quality, filled by whoever measured it; null when not measured or not ok
-    pa.field("peak_dbfs", pa.float64()),
-    pa.field("rms_dbfs", pa.float64()),
-    pa.field("loudness_lufs", pa.float64()),
-    pa.field("rtf", pa.float64()),
-    pa.field("attempts", pa.int32()),
-])
-
-# Columns the writer derives from the FLAC bytes and where it put them; callers never set these.
-WRITER_FIELDS = frozenset({"shard", "offset", "size", "sample_rate", "num_samples", "duration_s", "sha256"})
-CALLER_FIELDS = frozenset(INDEX_SCHEMA.names) - WRITER_FIELDS
+# The one index-row schema (INDEX_SCHEMA, STATUSES, ...) lives in tasks/index_schema.py.
 _LOCATION_FIELDS = ("shard", "offset", "size")
 
 DEFAULT_TARGET_BYTES = 256 << 20
@@ -217,10 +194,14 @@ class _PendingShard:
         self.rows.append(full)
         self._line_ids.add(line_id)
 
-    def publish(self, store: Store, job_id: str, name: str) -> list[dict[str, Any]]:
-        """Make the tar visible, then its index part. Returns the index rows."""
+    def publish(self, store: Store, job_id: str, name: str, replace: bool = False) -> list[dict[str, Any]]:
+        """Make the tar visible, then its index part. Returns the index rows.
+
+        `replace=True` is for names derived from the content (`content_name`): a retried write
+        of the same lines with the same bytes lands on the same keys and replaces them.
+        """
         part = index_key(job_id, name)
-        if store.exists(part):
+        if not replace and store.exists(part):
             raise ShardAlreadyIndexed(f"{store.url(part)} exists; its lines are already rendered")
         if self._spool is not None:
             self._spool.finish()
@@ -245,14 +226,18 @@ def write_shard(
     shard_name: str,
     items: Iterable[tuple[Mapping[str, Any], bytes | None]],
     spool_dir: str | None = None,
+    replace: bool = False,
 ) -> list[dict[str, Any]]:
-    """Write one shard and its index part from `(row, flac_or_None)` items; return the rows."""
+    """Write one shard and its index part from `(row, flac_or_None)` items; return the rows.
+
+    `replace`: overwrite a part of the same name (only for content-derived names, `content_name`).
+    """
     safe_id(shard_name, "shard name")
     pending = _PendingShard(spool_dir)
     try:
         for row, flac in items:
             pending.add(row, flac)
-        return pending.publish(store, job_id, shard_name)
+        return pending.publish(store, job_id, shard_name, replace=replace)
     finally:
         pending.discard()
 
@@ -333,15 +318,51 @@ class ShardWriter:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read_index(store: Store, job_id: str, columns: list[str] | None = None) -> pa.Table:
-    """Every index row of a job (parts written with fewer columns read as nulls)."""
+def content_name(items: Iterable[tuple[Mapping[str, Any], bytes | None]]) -> str:
+    """A shard name derived from what it holds (line ids, statuses, audio hashes or errors).
+
+    A retried write of the same lines with the same result gets the same name and replaces
+    itself; a different result gets another name, and the newer row wins (`read_index`).
+    """
+    h = hashlib.sha256()
+    for row, flac in items:
+        detail = sha256_hex(flac) if flac is not None else str(row.get("error"))
+        h.update(f"{row['line_id']}\x1f{row.get('status')}\x1f{row.get('run')}\x1f{detail}\x1e".encode())
+    return f"part-{h.hexdigest()[:24]}"
+
+
+def index_dataset(store: Store, job_id: str) -> pads.Dataset | None:
+    """The job's index parts as one pyarrow dataset with INDEX_SCHEMA (None when there is none)."""
     parts = store.glob(f"{job_prefix(job_id)}/index/*.parquet")
     if not parts:
+        return None
+    return pads.dataset([store.fs_path(p) for p in parts], schema=INDEX_SCHEMA, format="parquet",
+                        filesystem=store.fs)
+
+
+def latest_rows(table: pa.Table) -> pa.Table:
+    """One row per line id: the one from the latest run (ties: the greatest shard name)."""
+    if table.num_rows == 0 or pc.count_distinct(table["line_id"]).as_py() == table.num_rows:
+        return table
+    ordered = table.sort_by([("line_id", "ascending"), ("run", "descending"), ("shard", "descending")])
+    ids = ordered["line_id"].combine_chunks()
+    keep = pa.concat_arrays([pa.array([True]), pc.not_equal(ids[1:], ids[:-1])])
+    return ordered.filter(keep)
+
+
+def read_index(store: Store, job_id: str, columns: list[str] | None = None) -> pa.Table:
+    """The index of a job, one row per line id (parts written with fewer columns read as nulls).
+
+    A line rendered again (`--retry-failed`, a refusal lifted by a new grant) has a newer row in a
+    later run; only the newest is returned. Compaction (tasks/job_index.py) drops the old ones.
+    """
+    dataset = index_dataset(store, job_id)
+    if dataset is None:
         schema = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
         return schema.empty_table()
-    dataset = pads.dataset([store.fs_path(p) for p in parts], schema=INDEX_SCHEMA,
-                           format="parquet", filesystem=store.fs)
-    return dataset.to_table(columns=columns)
+    need = None if columns is None else list(dict.fromkeys([*columns, "line_id", "run", "shard"]))
+    table = latest_rows(dataset.to_table(columns=need))
+    return table if columns is None else table.select(columns)
 
 
 def finished_line_ids(store: Store, job_id: str) -> set[str]:

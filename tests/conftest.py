@@ -23,6 +23,9 @@ import pytest
 from voicefleet.tasks.storage import Store
 
 S3_BUCKET = "voicefleet-test"
+# Prefect's ephemeral API server needs more than its default 20 s to start on a busy 2-core machine;
+# subprocesses (the CLI in end-to-end tests) inherit this.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @dataclass(frozen=True)

@@ -118,13 +118,18 @@ def test_enroll_then_render(enrolled, kind):
     script = write_script(store, "scripts/s1.csv", rows)
     res = render_script(script, OWNER, store.uri, lines_per_shard=5, batch_size=8)
     assert res["status"] == "complete" and res["lines"] == 17
-    assert (res["ok"], res["failed"], res["refused"]) == (14, 2, 1)
+    # empty text and an unsupported language are refused by the plan, before any compute
+    assert (res["ok"], res["failed"], res["refused"]) == (14, 0, 3)
     table = assert_render_complete(store, res["job_id"], [r["line_id"] for r in rows])
     by_id = {r["line_id"]: r for r in table.to_pylist()}
     assert "unknown voice" in by_id["ghost-1"]["error"]
-    assert by_id["empty-1"]["status"] == "failed" and by_id["klingon-1"]["status"] == "failed"
-    assert "tlh" in by_id["klingon-1"]["error"]
+    assert by_id["empty-1"]["status"] == "refused" and "text is empty" in by_id["empty-1"]["error"]
+    assert by_id["klingon-1"]["status"] == "refused" and "unsupported language 'tlh'" in by_id["klingon-1"]["error"]
+    assert all(r["attempts"] == 1 and r["run"] == 1 for r in by_id.values() if r["status"] == "ok")
+    assert len(store.glob(f"{job_prefix(res['job_id'])}/index/*.parquet")) == 1  # compacted at the end
     assert len({r["shard"] for r in table.to_pylist() if r["shard"]}) >= 3  # 14 ok lines, 5 lines per shard
+    assert sorted(store.glob(f"{job_prefix(res['job_id'])}/shards/*.tar")) == sorted(
+        f"{job_prefix(res['job_id'])}/{r['shard']}" for r in {r["shard"]: r for r in by_id.values() if r["shard"]}.values())
 
     # another principal is refused for every line, before any compute
     other = render_script(script, "user:mallory", store.uri, job_id="mallory-job")
@@ -195,12 +200,16 @@ def test_render_killed_midway_resumes_without_duplicates(enrolled, ray_cluster, 
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     table = assert_render_complete(store, job, [r["line_id"] for r in rows])
     assert set(table.column("status").to_pylist()) == {"ok"}
-    after = _index_parts(store, job)
-    for key, data in before.items():  # finished work is kept byte for byte, never rewritten
-        assert after[key] == data
-    new_ids = [r["line_id"] for k in after if k not in before for r in pq.read_table(io.BytesIO(after[k])).to_pylist()]
+    # finished work is kept: the same bytes at the same place, still from the first run
+    rows_before = {r["line_id"]: r for k in before for r in pq.read_table(io.BytesIO(before[k])).to_pylist()}
+    final = {r["line_id"]: r for r in table.to_pylist()}
+    for line_id, r in rows_before.items():
+        got = final[line_id]
+        assert (got["sha256"], got["shard"], got["offset"], got["run"]) == (r["sha256"], r["shard"], r["offset"], 1)
+    new_ids = [line_id for line_id, r in final.items() if r["run"] == 2]
     assert not set(new_ids) & done_before  # no finished line rendered twice
     assert sorted(new_ids) == sorted(set(r["line_id"] for r in rows) - done_before)
+    assert len(store.glob(f"{job_prefix(job)}/index/*.parquet")) == 1  # compacted when the job finished
     # shards referenced by the index are whole tars
     for shard in set(table.column("shard").to_pylist()):
         with tarfile.open(fileobj=io.BytesIO(store.read_bytes(f"{job_prefix(job)}/{shard}"))) as tf:

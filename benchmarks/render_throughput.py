@@ -1,0 +1,161 @@
+"""Render throughput: the Ray Data pipeline against a naive loop over the Synthesizer, same script, same run.
+
+    (a) naive: one process, the Synthesizer called one line at a time (voices loaded once)
+    (b) pipeline: plan -> work list -> Ray Data actor pool (1 and 2 actors) -> shards + index ->
+        compaction; timed from the plan to the compacted index, actor start-up (model load) included,
+        Ray start-up excluded
+    (c) the driver's peak memory planning 1e5 and 1e6 lines (plan + work list, no rendering), each in
+        a fresh process: peak RSS above the interpreter's baseline, and seconds
+
+Prints lines/s, audio s/s and the ratio (b)/(a). Models: the tiny config with random weights
+(`--config tiny`, default; the GPT rarely stops on its own, so every line runs to the length guard,
+`--max-tokens-per-phone`) or v2 sizes (`--config v2`).
+
+    python benchmarks/render_throughput.py                       # 24 lines, 3 voices, actors 1,2, plan 1e5,1e6
+    python benchmarks/render_throughput.py --lines 8 --plan-sizes 100000 --actors 1
+    python benchmarks/render_throughput.py --device cuda --num-gpus 0.5   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+TEXTS = ["Hi there.", "The storm rolled in before dawn.",
+         "Nobody on the pier had seen it coming, and by noon the harbour was quiet again.",
+         "Please hold the line.", "We will be back after the break. Stay with us."]
+
+
+def script_rows(n: int, voices: list[str]) -> list[dict]:
+    return [{"line_id": f"l{i:06d}", "voice_id": voices[i % len(voices)], "text": TEXTS[i % len(TEXTS)],
+             "language": "en"} for i in range(n)]
+
+
+def naive(store, rows, args) -> tuple[float, float]:
+    """Seconds and audio seconds for the Synthesizer called line by line."""
+    import torch
+
+    from voicefleet.model.synthesizer import LineRequest, Synthesizer
+    from voicefleet.model.text.frontend import TextFrontend
+    from voicefleet.tasks.render import RenderSettings, SynthesizeLines, line_settings
+    from voicefleet.tasks.render_plan import VoiceAuthorizer, line_seed
+
+    torch.set_num_threads(args.threads)
+    auth = VoiceAuthorizer(store, "user:bench")
+    settings = RenderSettings(max_tokens_per_phone=args.max_tokens_per_phone)
+    loader = SynthesizeLines.__new__(SynthesizeLines)  # reuse the actor's voice loading, no Ray
+    loader.store, loader.settings = store, settings
+    loader.records = {v: auth(v).record for v in {r["voice_id"] for r in rows}}
+    loader.synth = Synthesizer(TextFrontend(), device=args.device, max_batch=1)
+    voices = {v: loader._load(v, str(loader.records[v].version)) for v in loader.records}
+    t0, audio = time.perf_counter(), 0.0
+    for r in rows:
+        plan_row = {"seed": line_seed(r["line_id"], r["text"]), "speed": None, "top_k": None, "temperature": None,
+                    "noise_scale": None}
+        out = loader.synth.synthesize(voices[r["voice_id"]], [LineRequest(r["text"], "en", line_settings(plan_row, settings))])[0]
+        audio += len(out.wav) / out.sample_rate
+    return time.perf_counter() - t0, audio
+
+
+def pipeline(store, script, actors, args) -> tuple[float, float, int]:
+    from voicefleet.tasks.job_index import compact, job_totals
+    from voicefleet.tasks.render import RenderSettings, render_lines
+    from voicefleet.tasks.render_plan import plan_script, write_todo
+    from voicefleet.tasks.runtime import Resources
+
+    job = f"bench-{actors}-{int(time.time())}"
+    settings = RenderSettings(actors=actors, batch_size=args.batch_size, max_tokens_per_phone=args.max_tokens_per_phone,
+                              resources=Resources(num_cpus=args.threads, num_gpus=args.num_gpus))
+    t0 = time.perf_counter()
+    plan = plan_script(script, store, "user:bench")
+    todo = write_todo(plan, store, job, 1)
+    counts = render_lines(store, job, todo.keys, plan.decisions, settings, 1)
+    compact(store, job)
+    seconds = time.perf_counter() - t0
+    plan.cleanup()
+    assert job_totals(store, job).ok == plan.lines, "every line should render"
+    return seconds, counts.audio_s, counts.ok
+
+
+PLAN_CODE = """
+import re, sys, time
+from voicefleet.tasks.render_plan import plan_script, write_todo
+from voicefleet.tasks.storage import Store
+n, d = int(sys.argv[1]), sys.argv[2]
+with open(f"{d}/p{n}.csv", "w") as f:
+    f.write("line_id,voice_id,text,language\\n")
+    for i in range(n):
+        f.write(f"l{i},v{i % 50},Line number {i} of a long script. It has two sentences.,en\\n")
+def hwm():  # peak RSS of this process in KiB (VmHWM; ru_maxrss would include the parent's before exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+base = hwm()
+t0 = time.perf_counter()
+store = Store(f"{d}/plan-store-{n}")
+plan = plan_script(f"{d}/p{n}.csv", store, "user:a")
+todo = write_todo(plan, store, "j", 1)
+print(n, todo.lines, (hwm() - base) / 1024, base / 1024,
+      time.perf_counter() - t0)
+"""
+
+
+def plan_memory(n: int, tmp: str) -> tuple[float, float, float]:
+    out = subprocess.run([sys.executable, "-c", PLAN_CODE, str(n), tmp], check=True, capture_output=True, text=True)
+    _, lines, peak, base, seconds = out.stdout.split()
+    assert int(lines) == n
+    return float(peak), float(base), float(seconds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=24)
+    ap.add_argument("--voices", type=int, default=3)
+    ap.add_argument("--actors", default="1,2")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (naive) = CPUs per actor (pipeline)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
+    ap.add_argument("--max-tokens-per-phone", type=float, default=2.5)
+    ap.add_argument("--plan-sizes", default="100000,1000000", help="lines to plan for the memory figure ('' skips)")
+    args = ap.parse_args()
+    os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
+
+    from render_voices import register_tiny_voices
+
+    from voicefleet.tasks.runtime import ensure_ray
+    from voicefleet.tasks.storage import Store
+
+    tmp = tempfile.mkdtemp(prefix="vf-bench-")
+    store = Store(os.path.join(tmp, "store"))
+    voices = [f"v{i}" for i in range(args.voices)]
+    register_tiny_voices(store, voices, "user:bench")
+    rows = script_rows(args.lines, voices)
+    script = os.path.join(tmp, "script.csv")
+    with open(script, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"script: {args.lines} lines, {args.voices} voices, tiny models, device {args.device}, "
+          f"{args.threads} thread(s) per worker, batch {args.batch_size}, max {args.max_tokens_per_phone} tokens/phone; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    a_s, a_audio = naive(store, rows, args)
+    print(f"(a) naive loop      {args.lines / a_s:7.2f} lines/s  {a_audio / a_s:7.2f} audio s/s  ({a_s:.1f} s, "
+          f"{a_audio:.1f} s audio)")
+    ensure_ray(num_cpus=max(2, args.threads * max(int(x) for x in args.actors.split(","))))
+    for actors in [int(x) for x in args.actors.split(",")]:
+        b_s, b_audio, ok = pipeline(store, script, actors, args)
+        print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "
+              f"ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}")
+    for n in [int(x) for x in args.plan_sizes.split(",") if x]:
+        peak, base, seconds = plan_memory(n, tmp)
+        print(f"(c) plan {n:>9,} lines: driver peak RSS +{peak:.0f} MiB over a {base:.0f} MiB interpreter, {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

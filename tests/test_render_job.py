@@ -1,0 +1,133 @@
+"""A render job on real Ray + Prefect: a script of several voices mixing short, long, English, Chinese
+and mixed lines plus every bad value; a refusal lifted by a grant and a failed line retried on the
+next run; a second concurrent run refused by the job lease; exit codes through the CLI."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from render_checks import assert_render_complete
+from render_voices import register_tiny_voices
+from voicefleet.tasks.job_lease import JobLease
+from voicefleet.tasks.registry import VoiceRegistry
+from voicefleet.tasks.shards import job_prefix, read_index
+from voicefleet.tasks.storage import Store
+
+pytestmark = pytest.mark.slow
+OWNER = "user:demo"
+
+GOOD = [
+    ("short", "ann", "Hi there.", "en", {}),
+    ("long", "bob", "The storm rolled in before dawn. Nobody on the pier had seen it coming. "
+                    "By noon the harbour was quiet again.", "en", {}),
+    ("chinese", "ann", "你好，欢迎收听今天的节目。", "zh", {}),
+    ("mixed", "bob", "我们今天 talk about the plan.", "auto", {}),
+    ("greedy", "ann", "Temperature zero is greedy.", "en", {"temperature": "0"}),
+    ("dub", "bob", "Two seconds, please.", "en", {"target_seconds": "2.0", "speed": "1.2", "seed": "7"}),
+]
+BAD = [
+    ("speed-fast", {"speed": "fast"}, "speed 'fast' is not a number; use 0.5–2.0"),
+    ("speed-neg", {"speed": "-1"}, "speed '-1' is out of range"),
+    ("speed-zero", {"speed": "0"}, "speed '0' is out of range"),
+    ("speed-nan", {"speed": "NaN"}, "speed 'NaN' is not a finite number"),
+    ("topk-zero", {"top_k": "0"}, "top_k '0' is out of range"),
+    ("temp-inf", {"temperature": "inf"}, "temperature 'inf' is not a finite number"),
+    ("seed-frac", {"seed": "1.5"}, "seed '1.5' is not a whole number"),
+    ("noise-neg", {"noise_scale": "-1"}, "noise_scale '-1' is out of range"),
+    ("target-zero", {"target_seconds": "0"}, "target_seconds '0' is out of range"),
+    ("empty", {"text": ""}, "text is empty"),
+    ("blank", {"text": "   "}, "text is empty"),
+    ("punct", {"text": "?!…"}, "no letters or digits"),
+    ("control", {"text": "Bell\x07 here."}, "control character U+0007"),
+    ("huge", {"text": "Word. " * 400}, "over the 2,000-character cap"),
+    ("klingon", {"language": "tlh"}, "unsupported language 'tlh'"),
+]
+COLUMNS = ["line_id", "voice_id", "text", "language", "speed", "seed", "top_k", "temperature", "noise_scale",
+           "target_seconds"]
+
+
+@pytest.fixture(scope="module")
+def ray_address(s3_server):
+    from voicefleet.tasks.runtime import ensure_ray
+
+    os.environ["VOICEFLEET_DASHBOARD"] = "0"
+    ensure_ray(num_cpus=2)
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def write_script(path, rows) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def cli(*args, env):
+    env = {"COLUMNS": "250", **env}
+    return subprocess.run([sys.executable, "-m", "voicefleet.flows.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address, tmp_path):
+    from voicefleet.flows.render import render_script
+
+    store = Store(str(tmp_path / "store"))
+    register_tiny_voices(store, ["ann", "bob", "dan"], OWNER)
+    register_tiny_voices(store, ["cat"], "user:other")   # not shared with OWNER
+    rows = [{"line_id": i, "voice_id": v, "text": t, "language": lang, **o} for i, v, t, lang, o in GOOD]
+    rows += [{"line_id": i, "voice_id": "ann", "text": "A fine line.", "language": "en", **o} for i, o, _ in BAD]
+    rows += [{"line_id": "cat-1", "voice_id": "cat", "text": "Not yours yet.", "language": "en"},
+             {"line_id": "dan-1", "voice_id": "dan", "text": "My checkpoint is broken.", "language": "en"}]
+    script = write_script(tmp_path / "script.csv", rows)
+    dan_gpt = "voices/dan/files/gpt.ckpt"
+    good_ckpt = store.read_bytes(dan_gpt)
+    store.write_bytes(dan_gpt, b"not a checkpoint")
+
+    res = render_script(script, OWNER, store.uri, job_id="mixed", batch_size=4, lines_per_shard=4)
+    ids = [r["line_id"] for r in rows]
+    table = assert_render_complete(store, "mixed", ids)
+    by_id = {r["line_id"]: r for r in table.to_pylist()}
+    for line_id, _, reason in BAD:
+        assert by_id[line_id]["status"] == "refused" and reason in by_id[line_id]["error"], by_id[line_id]
+        assert by_id[line_id]["attempts"] == 0
+    for line_id, *_ in GOOD:
+        row = by_id[line_id]
+        assert row["status"] == "ok" and row["attempts"] == 1 and row["run"] == 1, row
+        assert row["truncated"] is not None and (row["qc_passed"] is False) == bool(row["truncated"])
+    assert by_id["dub"]["target_seconds"] == 2.0 and by_id["dub"]["seed"] == 7
+    assert by_id["dub"]["duration_deviation_s"] == pytest.approx(by_id["dub"]["duration_s"] - 2.0)
+    assert by_id["cat-1"]["status"] == "refused" and "cat" in by_id["cat-1"]["error"]
+    assert by_id["dan-1"]["status"] == "failed" and "could not be loaded" in by_id["dan-1"]["error"]
+    assert (res["ok"], res["failed"], res["refused"]) == (len(GOOD), 1, len(BAD) + 1)
+    assert res["lines_indexed"] == len(rows) and res["index_files"] == 1
+
+    # the owner grants access and the checkpoint is repaired: the next run takes both lines again
+    VoiceRegistry(store).grant("cat", OWNER)
+    store.write_bytes(dan_gpt, good_ckpt)
+    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    args = ["render", script, "--as", OWNER, "--store", store.uri, "--job", "mixed", "--retry-failed"]
+    with JobLease(store, "mixed"):   # another run holds the job: refused, nothing written
+        busy = cli(*args, env=env)
+    assert busy.returncode == 5 and "being written by another run" in busy.stderr, busy.stdout + busy.stderr
+    again = cli(*args, env=env)
+    assert again.returncode == 4, again.stdout[-2000:] + again.stderr[-2000:]   # bad lines are still refused
+    table = assert_render_complete(store, "mixed", ids)
+    by_id2 = {r["line_id"]: r for r in table.to_pylist()}
+    assert by_id2["cat-1"]["status"] == "ok" and by_id2["cat-1"]["run"] == 2
+    assert by_id2["dan-1"]["status"] == "ok" and by_id2["dan-1"]["run"] == 2
+    for line_id, *_ in GOOD:   # finished lines untouched
+        assert by_id2[line_id]["sha256"] == by_id[line_id]["sha256"] and by_id2[line_id]["run"] == 1
+    for line_id, _, _ in BAD:  # refused again for the same reason: no new row
+        assert by_id2[line_id]["run"] == 1
+    assert len(store.glob(f"{job_prefix('mixed')}/index/*.parquet")) == 1
+    assert not store.list(f"{job_prefix('mixed')}/runs")   # the work lists are gone
+    shown = cli("jobs", "show", "mixed", "--store", store.uri, "--worst", "20", env=env)
+    assert shown.returncode == 0 and "refused" in shown.stdout and "speed 'fast'" in shown.stdout
+    assert read_index(store, "mixed").num_rows == len(rows)
