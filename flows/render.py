@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import asdict
 from pathlib import Path
 
 import fsspec
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect import task as prefect_task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from voicefleet.tasks.job_report import write_report
+from voicefleet.tasks.line_qc import QCConfig
+from voicefleet.tasks.postprocess import PostConfig
 from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry, check_principal
 from voicefleet.tasks.render import RenderCounts, RenderSettings, VoiceDecision, render_lines
 from voicefleet.tasks.runtime import Resources, ensure_ray
@@ -72,10 +76,12 @@ def authorize(store: str, info: ScriptInfo, principal: str) -> dict[str, VoiceDe
 
 
 def job_totals(store: Store, job_id: str) -> dict:
-    table = read_index(store, job_id, columns=["status", "duration_s"])
+    table = read_index(store, job_id, columns=["status", "duration_s", "qc_passed"])
     totals = {"lines_indexed": table.num_rows}
     for status in ("ok", "failed", "refused"):
         totals[status] = int(pc.sum(pc.equal(table["status"], status)).as_py() or 0)
+    totals["qc_checked"] = int(pc.count(table["qc_passed"]).as_py() or 0)  # non-null: QC ran on the line
+    totals["qc_passed"] = int(pc.sum(table["qc_passed"]).as_py() or 0)
     totals["audio_s"] = round(float(pc.sum(table["duration_s"]).as_py() or 0.0), 2)
     return totals
 
@@ -94,9 +100,14 @@ def render(store: str, job_id: str, info: ScriptInfo, decisions: dict[str, Voice
 @flow(name="render-script", log_prints=True)
 def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_id: str | None = None,
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                  batch_size: int = 16, lines_per_shard: int = 256) -> dict:
-    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`."""
+                  batch_size: int = 16, lines_per_shard: int = 256, qc: dict | None = None,
+                  post: dict | None = None) -> dict:
+    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
+
+    `qc` / `post`: QCConfig / PostConfig fields (quality control, loudness, pads, target length).
+    """
     principal = check_principal(principal)
+    qc_cfg, post_cfg = QCConfig(**(qc or {})), PostConfig(**(post or {}))
     info = inspect(script)
     job_id = safe_id(job_id or default_job_id(script, principal), "job id")
     s = Store(store)
@@ -106,11 +117,12 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     job_key = f"{job_prefix(job_id)}/job.json"
     job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
     job.update(script=info.url, principal=principal, lines=info.lines, status="running",
-               voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason} for v, d in decisions.items()})
+               voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason} for v, d in decisions.items()},
+               qc=asdict(qc_cfg), post=asdict(post_cfg))
     job["runs"].append({"started_at": started})
     s.write_json(job_key, job)
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,
-                              resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus))
+                              resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus), qc=qc_cfg, post=post_cfg)
     counts = render(store, job_id, info, decisions, settings, bert_dir_of(pretrained))
     totals = job_totals(s, job_id)
     complete = totals["lines_indexed"] == info.lines
@@ -121,7 +133,8 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     s.write_json(job_key, job)
     summary = {"job_id": job_id, "status": job["status"], "lines": info.lines, **totals, "skipped_this_run": counts.skipped,
                "output": s.url(job_prefix(job_id)), "index_glob": index_glob(s, job_id), "dashboard": dashboard,
-               "failures": counts.failures[:10], "untrained_voices": untrained_voices(s, decisions)}
+               "failures": counts.failures[:10], "untrained_voices": untrained_voices(s, decisions),
+               "qc": {"mode": qc_cfg.mode, "retries": qc_cfg.retries}, "report": job_report(s, job_id)}
     try:
         create_table_artifact(key="render-summary", table=[
             {"job": job_id, "lines": info.lines, "ok": totals["ok"], "failed": totals["failed"],
@@ -132,6 +145,22 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     except Exception:  # noqa: BLE001
         get_run_logger().warning("could not create the Prefect artifact")
     return summary
+
+
+def job_report(store: Store, job_id: str) -> str | None:
+    """Write renders/<job>/report.html and link it from a Prefect artifact; None if it could not be written."""
+    try:
+        url = write_report(store, job_id)
+    except Exception as e:  # noqa: BLE001 — the job is done; `voicefleet jobs report` can rebuild the page
+        get_run_logger().warning(f"could not write the job report: {e}")
+        return None
+    try:
+        create_link_artifact(key="render-report", link=url if "://" in url else Path(url).as_uri(),
+                             link_text=f"report of render job {job_id}",
+                             description="Counts, per-voice throughput, histograms and the worst lines with audio")
+    except Exception:  # noqa: BLE001
+        get_run_logger().warning("could not create the Prefect report artifact")
+    return url
 
 
 def untrained_voices(store: Store, decisions: dict[str, VoiceDecision]) -> list[str]:

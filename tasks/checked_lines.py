@@ -99,7 +99,7 @@ def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any
             result = None
             if mode != "off" and qc is not None:
                 result = qc.check(voice_key, req.text, req.language, res.wav, res.sample_rate, res.truncated,
-                                  processed)
+                                  processed, post.duration_tolerance_s)
                 entry.update(result.metrics, passed=result.passed, reasons=result.reasons, notes=result.notes)
             cols = _columns(processed, result, target, logs[i], res.truncated)
             if result is None or result.passed or mode != "enforce":

@@ -49,7 +49,6 @@ class QCConfig:
     silence_dbfs: float = -50.0
     min_rms_dbfs: float = -45.0  # raw level of the whole line
     reject_truncated: bool = True
-    duration_tolerance_s: float = 0.05  # |achieved - target_seconds| (PostConfig sets it for the run)
     asr_model: str | None = None  # faster-whisper model folder (default: Whisper tiny.en from its wheel)
 
     def __post_init__(self) -> None:
@@ -160,8 +159,11 @@ class LineQC:
         return voice_key in self._refs
 
     def check(self, voice_key: Any, text: str, language: str, raw: np.ndarray, sr: int, truncated: bool,
-              processed: Processed) -> QCResult:
-        """Score one rendered line: `raw` is the model's output, `processed` what will be delivered."""
+              processed: Processed, duration_tolerance_s: float = 0.05) -> QCResult:
+        """Score one rendered line: `raw` is the model's output, `processed` what will be delivered.
+
+        A line with a target length fails when |achieved - target| > `duration_tolerance_s`.
+        """
         from .asr import ASR_LANGUAGES, wer
         from .speaker import SpeakerEmbeddingError, embed, similarity
 
@@ -207,7 +209,7 @@ class LineQC:
         if m["raw_rms_dbfs"] is None or m["raw_rms_dbfs"] < c.min_rms_dbfs:
             level = "-inf" if m["raw_rms_dbfs"] is None else f"{m['raw_rms_dbfs']:.1f}"
             reasons.append(f"too quiet: {level} dBFS RMS < {c.min_rms_dbfs:g} dBFS")
-        if processed.duration_deviation_s is not None and abs(processed.duration_deviation_s) > c.duration_tolerance_s:
+        if processed.duration_deviation_s is not None and abs(processed.duration_deviation_s) > duration_tolerance_s:
             reasons.append(f"length {processed.duration_s:.2f} s misses target {processed.target_seconds:g} s "
                            f"by {processed.duration_deviation_s:+.2f} s")
         return QCResult(not reasons, reasons, notes, m)

@@ -25,6 +25,10 @@ _BLOCK_S = 0.4  # BS.1770 gating block
 _FADE_S = 0.005
 
 
+class PostConfigError(ValueError):
+    """A post-processing setting is out of range."""
+
+
 @dataclass(frozen=True)
 class PostConfig:
     """Knobs of post-processing (defaults: EBU R128 broadcast delivery, 0.1 s pads)."""
@@ -38,13 +42,15 @@ class PostConfig:
 
     def __post_init__(self) -> None:
         if self.loudness_lufs is not None and not -70.0 <= self.loudness_lufs <= 0.0:
-            raise ValueError(f"loudness target {self.loudness_lufs} LUFS is outside -70..0")
+            raise PostConfigError(f"loudness target {self.loudness_lufs} LUFS is outside -70..0")
         if not -20.0 <= self.true_peak_dbtp <= 0.0:
-            raise ValueError(f"true-peak ceiling {self.true_peak_dbtp} dBTP is outside -20..0")
+            raise PostConfigError(f"true-peak ceiling {self.true_peak_dbtp} dBTP is outside -20..0")
         if not 0.0 <= self.pad_s <= 2.0:
-            raise ValueError(f"silence pad {self.pad_s} s is outside 0..2 s")
+            raise PostConfigError(f"silence pad {self.pad_s} s is outside 0..2 s")
         if not 0.0 <= self.max_stretch <= 0.5:
-            raise ValueError(f"time-stretch bound {self.max_stretch} is outside 0..0.5")
+            raise PostConfigError(f"time-stretch bound {self.max_stretch} is outside 0..0.5")
+        if not 0.0 < self.duration_tolerance_s <= 1.0:
+            raise PostConfigError(f"duration tolerance {self.duration_tolerance_s} s is outside 0..1 s")
 
 
 @dataclass

@@ -27,6 +27,9 @@ import pyarrow.csv as pacsv
 import ray
 
 from .audio import encode_flac, load_audio, peak_dbfs, rms_dbfs
+from .checked_lines import QUALITY_COLUMNS, render_checked
+from .line_qc import LineQC, QCConfig
+from .postprocess import PostConfig
 from .runtime import Resources
 from .script import OPTIONAL, REQUIRED, ScriptInfo, script_format
 from .shards import finished_line_ids, write_shard
@@ -54,6 +57,8 @@ class RenderSettings:
     temperature: float = 1.0
     noise_scale: float = 0.5
     max_tokens_per_phone: float = 6.0
+    post: PostConfig = field(default_factory=PostConfig)  # loudness, silence pads, target length
+    qc: QCConfig = field(default_factory=QCConfig)  # per-line quality control and retries
 
 
 # ---------------------------------------------------------------- read + plan
@@ -118,6 +123,9 @@ class SynthesizeLines:
                                  max_batch=settings.batch_size)
         self.voices: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.max_voices = max_voices
+        # quality control: one ASR + speaker model per actor, each voice's reference embedded once
+        self.qc = LineQC(settings.qc, threads=max(1, int(settings.resources.num_cpus)))
+        self.untrained: dict[tuple[str, str], bool] = {}
 
     def voice(self, voice_id: str, version: str):
         from voicefleet.model.checkpoint import load_gpt, load_sovits
@@ -131,6 +139,9 @@ class SynthesizeLines:
         gpt = load_gpt(self.store.read_bytes(rec.files["gpt"])).model
         sovits = load_sovits(self.store.read_bytes(rec.files["sovits"])).model
         ref = load_audio(self.store.read_bytes(rec.files["ref_wav"]), sovits.cfg.sampling_rate, name="ref.wav")
+        self.untrained[key] = bool(rec.untrained)
+        if self.settings.qc.mode_for(rec.untrained) != "off":
+            self.qc.add_reference(key, ref, sovits.cfg.sampling_rate)
         loaded = self.synth.load_voice(gpt, sovits, VoicePrompt(ref, rec.ref_text, rec.ref_language,
                                                                  np.asarray(rec.prompt_tokens)))
         self.voices[key] = loaded
@@ -160,28 +171,43 @@ class SynthesizeLines:
                 seed=r["seed"], speed=r["speed"] or 1.0, top_k=int(r["top_k"] or s.top_k),
                 temperature=r["temperature"] or s.temperature, noise_scale=s.noise_scale if r["noise_scale"] is None else r["noise_scale"],
                 max_tokens_per_phone=s.max_tokens_per_phone)) for r in group]
-            t0 = time.perf_counter()
-            results = self.synth.synthesize(voice, reqs)
-            elapsed = time.perf_counter() - t0
-            audio_s = sum(len(a.wav) / a.sample_rate for a in results if not isinstance(a, Exception)) or 1e-9
-            for r, a in zip(group, results):
-                if isinstance(a, Exception):
-                    out.append(_result(r, None, str(a)))
-                else:
-                    out.append(_result(r, a, rtf=elapsed / audio_s))
+            elapsed = [0.0]
+
+            def synthesize(requests, voice=voice):
+                t0 = time.perf_counter()
+                try:
+                    return self.synth.synthesize(voice, requests)
+                finally:
+                    elapsed[0] += time.perf_counter() - t0
+
+            targets = [_positive(r.get("target_seconds")) for r in group]
+            checked = render_checked(synthesize, list(zip(reqs, targets)), s.post, self.qc, key,
+                                     s.qc.mode_for(self.untrained.get(key, False)))
+            audio_s = sum(c.audio.duration_s for c in checked if c.audio is not None) or 1e-9
+            for r, c in zip(group, checked):
+                out.append(_result(r, c.audio, c.error, rtf=elapsed[0] / audio_s, quality=c.columns))
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
+
+
+def _positive(v) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) and v > 0 else None
 
 
 RESULT_SCHEMA = pa.schema([
     ("line_id", pa.string()), ("voice_id", pa.string()), ("voice_version", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("text", pa.string()), ("language", pa.string()), ("peak_dbfs", pa.float64()),
     ("rms_dbfs", pa.float64()), ("rtf", pa.float64()), ("attempts", pa.int32()), ("flac", pa.binary()),
+    ("loudness_lufs", pa.float64()), ("true_peak_dbtp", pa.float64()), ("wer", pa.float64()), ("asr_text", pa.string()),
+    ("speaker_similarity", pa.float64()), ("qc_passed", pa.bool_()), ("qc_reasons", pa.string()),
+    ("attempt_log", pa.string()), ("target_seconds", pa.float64()), ("duration_deviation_s", pa.float64()),
+    ("truncated", pa.bool_()),
 ])
 
 
-def _result(r: dict, audio, error: str | None = None, rtf: float | None = None) -> dict:
+def _result(r: dict, audio, error: str | None = None, rtf: float | None = None, quality: dict | None = None) -> dict:
     base = {"line_id": r["line_id"], "voice_id": r["voice_id"] or None, "voice_version": r["voice_version"],
-            "text": r["text"], "language": r["language"], "attempts": 0 if r["status"] == "refused" else 1}
+            "text": r["text"], "language": r["language"], "attempts": 0 if r["status"] == "refused" else 1,
+            **{c: None for c in QUALITY_COLUMNS if c != "attempts"}, **(quality or {})}
     if audio is None:
         status = "refused" if r["status"] == "refused" else "failed"
         return {**base, "status": status, "error": r["error"] if status == "refused" else error,

@@ -59,6 +59,17 @@ INDEX_SCHEMA = pa.schema([
     pa.field("loudness_lufs", pa.float64()),
     pa.field("rtf", pa.float64()),
     pa.field("attempts", pa.int32()),
+    # per-line QC and post-processing (tasks/line_qc.py, tasks/postprocess.py)
+    pa.field("true_peak_dbtp", pa.float64()),
+    pa.field("wer", pa.float64()),
+    pa.field("asr_text", pa.string()),
+    pa.field("speaker_similarity", pa.float64()),
+    pa.field("qc_passed", pa.bool_()),
+    pa.field("qc_reasons", pa.string()),                # "; "-joined failures and what was not measured
+    pa.field("attempt_log", pa.string()),               # JSON list, one object of metrics per attempt
+    pa.field("target_seconds", pa.float64()),
+    pa.field("duration_deviation_s", pa.float64()),     # achieved - target
+    pa.field("truncated", pa.bool_()),
 ])
 
 # Columns the writer derives from the FLAC bytes and where it put them; callers never set these.
