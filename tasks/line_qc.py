@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .audio import rms_dbfs
 from .postprocess import Processed, speech_bounds
 
 QC_MODES = ("auto", "off", "report", "enforce")
@@ -123,12 +124,6 @@ def silent_fraction(wav: np.ndarray, sr: int, silence_dbfs: float, top_db: float
     return float(np.mean(20 * np.log10(np.maximum(rms, 1e-12)) < silence_dbfs))
 
 
-def _rms_dbfs(wav: np.ndarray) -> float:
-    x = np.asarray(wav, dtype=np.float64)
-    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
-    return 20 * math.log10(rms) if rms > 0 else -math.inf
-
-
 def _num(v: float | None, digits: int = 4) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), digits)
 
@@ -205,7 +200,7 @@ class LineQC:
         if m["silent_fraction"] > c.max_silent_fraction:
             reasons.append(f"silence: {m['silent_fraction']:.0%} of the line below {c.silence_dbfs:g} dBFS "
                            f"> {c.max_silent_fraction:.0%}")
-        m["raw_rms_dbfs"] = _num(_rms_dbfs(raw), 2)
+        m["raw_rms_dbfs"] = _num(rms_dbfs(raw) if np.size(raw) else -math.inf, 2)
         if m["raw_rms_dbfs"] is None or m["raw_rms_dbfs"] < c.min_rms_dbfs:
             level = "-inf" if m["raw_rms_dbfs"] is None else f"{m['raw_rms_dbfs']:.1f}"
             reasons.append(f"too quiet: {level} dBFS RMS < {c.min_rms_dbfs:g} dBFS")
