@@ -16,6 +16,7 @@ the last attempt's reasons; in report mode it is delivered with `qc_passed` Fals
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -91,7 +92,9 @@ def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any
                 entry["error"] = str(res)
                 final[i] = Checked(None, str(res), _columns(None, None, target, logs[i], None))
                 continue
+            t0 = time.perf_counter()
             processed = postprocess(res.wav, res.sample_rate, post, target)
+            t1 = time.perf_counter()
             entry.update(truncated=bool(res.truncated), duration_s=round(processed.duration_s, 4),
                          stretch=round(processed.stretch, 4), loudness_lufs=_r(processed.loudness_lufs),
                          true_peak_dbtp=_r(processed.true_peak_dbtp),
@@ -101,6 +104,7 @@ def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any
                 result = qc.check(voice_key, req.text, req.language, res.wav, res.sample_rate, res.truncated,
                                   processed, post.duration_tolerance_s)
                 entry.update(result.metrics, passed=result.passed, reasons=result.reasons, notes=result.notes)
+            entry.update(postprocess_s=round(t1 - t0, 3), qc_s=round(time.perf_counter() - t1, 3))
             cols = _columns(processed, result, target, logs[i], res.truncated)
             if result is None or result.passed or mode != "enforce":
                 final[i] = Checked(processed, None, cols)

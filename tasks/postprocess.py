@@ -1,6 +1,7 @@
 """Post-processing of one rendered line: silence trimmed to a pad, length fitted, loudness normalised.
 
     raw (T,) float32 at sr
+      -> remove_dc         20 Hz high-pass (a DC offset would eat the headroom the gain needs)
       -> trim_silence      leading/trailing silence cut to exactly `pad_s` on each side
       -> fit_duration      (only with a target) bounded phase-vocoder time-stretch of the speech
       -> normalize_loudness  gain to `loudness_lufs` (ITU-R BS.1770 / EBU R128 via pyloudnorm),
@@ -181,6 +182,17 @@ def limit_peaks(wav: np.ndarray, sr: int, ceiling_dbtp: float, lookahead_s: floa
     return (np.asarray(wav, dtype=np.float64) * gain).astype(np.float32)
 
 
+def remove_dc(wav: np.ndarray, sr: int, cutoff_hz: float = 20.0) -> np.ndarray:
+    """Zero-phase 2nd-order high-pass below the speech band: no offset or rumble for the gain to amplify."""
+    from scipy.signal import butter, sosfiltfilt
+
+    x = np.asarray(wav, dtype=np.float64)
+    if x.size < 64:
+        return (x - x.mean()).astype(np.float32)
+    sos = butter(2, cutoff_hz, btype="highpass", fs=sr, output="sos")
+    return sosfiltfilt(sos, x, padlen=min(x.size - 1, 3 * 2 * len(sos))).astype(np.float32)
+
+
 def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float | None, ceiling_dbtp: float
                        ) -> tuple[np.ndarray, float | None, float | None]:
     """Gain to `target_lufs`, peaks limited to `ceiling_dbtp`. Returns (audio, LUFS, dBTP) after.
@@ -194,7 +206,7 @@ def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float | None, ceil
         tp = true_peak_dbtp(y)
         return y, None, tp if math.isfinite(tp) else None
     margin = 0.2  # the limiter's gain ripple and the final re-measure stay under the ceiling
-    for _ in range(4):
+    for _ in range(8):  # each round: gain up by the shortfall, limit; converges in 1-3 rounds on speech
         if target_lufs is not None:
             y = (y * 10.0 ** ((target_lufs - lufs) / 20.0)).astype(np.float32)
         y = limit_peaks(y, sr, ceiling_dbtp - margin)
@@ -211,7 +223,7 @@ def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float | None, ceil
 # ---------------------------------------------------------------- the whole chain
 def postprocess(wav: np.ndarray, sr: int, cfg: PostConfig, target_seconds: float | None = None) -> Processed:
     """(T,) float32 at sr -> trimmed, length-fitted, loudness-normalised audio and its measurements."""
-    y = trim_silence(wav, sr, cfg.pad_s, cfg.trim_top_db)
+    y = trim_silence(remove_dc(wav, sr), sr, cfg.pad_s, cfg.trim_top_db)
     stretch = 1.0
     if target_seconds is not None and abs(len(y) / sr - target_seconds) > cfg.duration_tolerance_s:
         y, stretch = fit_duration(y, sr, target_seconds, cfg.pad_s, cfg.max_stretch, cfg.trim_top_db)
