@@ -43,7 +43,7 @@ def report_key(job_id: str) -> str:
 
 # ---------------------------------------------------------------- SVG histogram
 def histogram_svg(values: list[float], title: str, unit: str, bins: int = 20, width: int = 420,
-                  height: int = 200, marker: float | None = None, marker_label: str = "") -> str:
+                  height: int = 200, marker: float | None = None, marker_label: str = "", min_span: float = 0.0) -> str:
     """A histogram as an inline <svg> (class "histogram"); an empty-data note when nothing was measured."""
     esc = html.escape
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
@@ -54,8 +54,11 @@ def histogram_svg(values: list[float], title: str, unit: str, bins: int = 20, wi
     lo, hi = float(vals.min()), float(vals.max())
     if marker is not None and math.isfinite(marker):
         lo, hi = min(lo, marker), max(hi, marker)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
+    span = max(hi - lo, min_span, 1e-6)
+    if hi - lo < span:  # a narrow spread is drawn on a readable scale, centred
+        mid = (hi + lo) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+    digits = max(0, 2 - int(math.floor(math.log10(hi - lo))))
     counts, edges = np.histogram(vals, bins=bins, range=(lo, hi))
     left, bottom, top = 40, 28, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
@@ -70,11 +73,11 @@ def histogram_svg(values: list[float], title: str, unit: str, bins: int = 20, wi
     for i, c in enumerate(counts):
         h = plot_h * c / peak
         parts.append(f'<rect class="bar" x="{left + i * bw + 0.5:.1f}" y="{top + plot_h - h:.1f}" '
-                     f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}"><title>{edges[i]:.3g} to {edges[i + 1]:.3g} '
+                     f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}"><title>{edges[i]:.{digits}f} to {edges[i + 1]:.{digits}f} '
                      f'{esc(unit)}: {int(c)} line(s)</title></rect>')
     for x, anchor in ((lo, "start"), ((lo + hi) / 2, "middle"), (hi, "end")):
         px = left + plot_w * (x - lo) / (hi - lo)
-        parts.append(f'<text x="{px:.1f}" y="{height - 10}" text-anchor="{anchor}">{x:.3g} {esc(unit)}</text>')
+        parts.append(f'<text x="{px:.1f}" y="{height - 10}" text-anchor="{anchor}">{x:.{digits}f} {esc(unit)}</text>')
     if marker is not None and math.isfinite(marker):
         px = left + plot_w * (marker - lo) / (hi - lo)
         parts.append(f'<line class="marker" x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{top + plot_h}">'
@@ -154,7 +157,8 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    thead = f"<thead><tr>{th}</tr></thead>" if head else ""
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'
 
 
 def _td(v: Any, digits: int = 2, num: bool = False) -> str:
@@ -195,7 +199,7 @@ def render_html(job_id: str, job: dict, rows: list[dict], audio: dict[str, bytes
            f"<style>{_CSS}</style></head><body>",
            f"<h1>Render job <code>{esc(job_id)}</code> <small>({esc(str(job.get('status', '?')))})</small></h1>",
            '<h2 id="counts">Counts</h2>',
-           _table(["", ""], [[f"<th>{esc(k)}</th>", _td(v)] for k, v in summary], "counts")]
+           _table([], [[f"<th>{esc(k)}</th>", _td(v)] for k, v in summary], "counts")]
 
     tp = voice_throughput(rows)
     out += ['<h2 id="voices">Per voice</h2>',
@@ -208,11 +212,12 @@ def render_html(job_id: str, job: dict, rows: list[dict], audio: dict[str, bytes
             "<small>synthesis s = Σ rtf × duration of the voice's ok lines (time in the model, QC excluded).</small>"]
 
     out += ['<h2 id="distributions">Distributions (ok lines)</h2><div class="charts">',
-            histogram_svg([r.get("duration_s") for r in ok], "Duration", "s"),
+            histogram_svg([r.get("duration_s") for r in ok], "Duration", "s", min_span=1.0),
             histogram_svg([r.get("loudness_lufs") for r in ok], "Loudness (integrated)", "LUFS",
-                          marker=post_target, marker_label="target"),
-            histogram_svg([r.get("wer") for r in ok], "Word error rate (English lines)", ""),
-            histogram_svg([r.get("speaker_similarity") for r in ok], "Speaker similarity to the reference", ""),
+                          marker=post_target, marker_label="target", min_span=4.0),
+            histogram_svg([r.get("wer") for r in ok], "Word error rate (English lines)", "", min_span=1.0),
+            histogram_svg([r.get("speaker_similarity") for r in ok], "Speaker similarity to the reference", "",
+                          min_span=0.5),
             "</div>"]
 
     worst_rows = sorted(ok, key=_badness, reverse=True)[:worst]
