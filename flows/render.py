@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import asdict
 from pathlib import Path
 
 import fsspec
 from prefect import flow, get_run_logger
 from prefect import task as prefect_task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
 from voicefleet.tasks.job_lease import JobLease
+from voicefleet.tasks.job_report import write_report
 from voicefleet.tasks.line_checks import DEFAULT_MAX_CHARS, LineLimits
+from voicefleet.tasks.line_qc import QCConfig
+from voicefleet.tasks.postprocess import PostConfig
 from voicefleet.tasks.registry import check_principal
 from voicefleet.tasks.render import RenderCounts, RenderSettings, render_lines
 from voicefleet.tasks.render_plan import Plan, plan_script, todo_prefix, write_todo
@@ -88,14 +92,19 @@ def finish(store: str, job_id: str) -> dict:
 def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_id: str | None = None,
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
                   batch_size: int = 16, lines_per_shard: int = 256, retry_failed: bool = False,
-                  max_chars: int = DEFAULT_MAX_CHARS, voice_cache: int = 4, plan: Plan | None = None) -> dict:
+                  max_chars: int = DEFAULT_MAX_CHARS, voice_cache: int = 4, plan: Plan | None = None,
+                  precision: str | None = None, qc: dict | None = None, post: dict | None = None) -> dict:
     """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
 
     `plan`: the result of `make_plan` when the caller already read the script (the CLI does).
+    `precision`: fp32 | bf16 | fp16 | int8 (None: bf16 on a GPU, fp32 on CPU).
+    `qc` / `post`: QCConfig / PostConfig fields (quality control, loudness, pads, target length).
     """
     principal = check_principal(principal)
+    qc_cfg, post_cfg = QCConfig(**(qc or {})), PostConfig(**(post or {}))
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,
-                              voice_cache=voice_cache, resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus))
+                              voice_cache=voice_cache, resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus),
+                              qc=qc_cfg, post=post_cfg, precision=precision)
     plan = plan or make_plan(script, store, principal, max_chars)
     s = Store(store)
     try:
@@ -108,7 +117,7 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
             job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
             job.update(script=plan.url, principal=principal, lines=plan.lines, status="running",
                        voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason}
-                               for v, d in plan.decisions.items()})
+                               for v, d in plan.decisions.items()}, qc=asdict(qc_cfg), post=asdict(post_cfg))
             job["runs"].append({"started_at": started, "retry_failed": retry_failed})
             run = len(job["runs"])
             s.write_json(job_key, job)
@@ -125,7 +134,8 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
         plan.cleanup()
     summary = {"job_id": job_id, "status": job["status"], "lines": plan.lines, **totals, "skipped_this_run": counts.skipped,
                "output": s.url(job_prefix(job_id)), "index_glob": index_glob(s, job_id), "dashboard": dashboard,
-               "failures": counts.failures[:10], "untrained_voices": untrained_voices(plan)}
+               "failures": counts.failures[:10], "untrained_voices": untrained_voices(plan),
+               "qc": {"mode": qc_cfg.mode, "retries": qc_cfg.retries}, "report": job_report(s, job_id)}
     try:
         create_table_artifact(key="render-summary", table=[
             {"job": job_id, "lines": plan.lines, "ok": totals["ok"], "failed": totals["failed"],
@@ -142,3 +152,19 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
 
 def untrained_voices(plan: Plan) -> list[str]:
     return sorted(v for v, d in plan.decisions.items() if d.allowed and d.record is not None and d.record.untrained)
+
+
+def job_report(store: Store, job_id: str) -> str | None:
+    """Write renders/<job>/report.html and link it from a Prefect artifact; None if it could not be written."""
+    try:
+        url = write_report(store, job_id)
+    except Exception as e:  # noqa: BLE001 — the job is done; `voicefleet jobs report` can rebuild the page
+        get_run_logger().warning(f"could not write the job report: {e}")
+        return None
+    try:
+        create_link_artifact(key="render-report", link=url if "://" in url else Path(url).as_uri(),
+                             link_text=f"report of render job {job_id}",
+                             description="Counts, per-voice throughput, histograms and the worst lines with audio")
+    except Exception:  # noqa: BLE001
+        get_run_logger().warning("could not create the Prefect report artifact")
+    return url

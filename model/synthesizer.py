@@ -14,6 +14,7 @@ import copy
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +72,7 @@ class LineRequest:
     text: str
     language: str
     settings: LineSettings = field(default_factory=LineSettings)
+    tag: Any = None  # the caller's handle for the line; the model ignores it
 
 
 @dataclass

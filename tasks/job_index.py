@@ -53,6 +53,8 @@ class JobTotals:
     qc_failed: int = 0
     audio_s: float = 0.0
     index_files: int = 0
+    qc_checked: int = 0  # ok lines QC measured (qc_passed not null)
+    qc_passed: int = 0
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "audio_s": round(self.audio_s, 2), "audio_h": round(self.audio_s / 3600, 4)}
@@ -65,10 +67,12 @@ def job_totals(store: Store, job_id: str) -> JobTotals:
     row = con.execute("""SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'failed'),
                                 count(*) FILTER (status = 'refused'), count(*) FILTER (status = 'ok' AND truncated),
                                 count(*) FILTER (status = 'ok' AND qc_passed = false),
-                                coalesce(sum(duration_s) FILTER (status = 'ok'), 0)
+                                coalesce(sum(duration_s) FILTER (status = 'ok'), 0),
+                                count(*) FILTER (status = 'ok' AND qc_passed IS NOT NULL),
+                                count(*) FILTER (status = 'ok' AND qc_passed)
                          FROM idx""").fetchone()
     files = len(store.glob(f"{job_prefix(job_id)}/index/*.parquet"))
-    return JobTotals(*[int(v) for v in row[:6]], float(row[6]), files)
+    return JobTotals(*[int(v) for v in row[:6]], float(row[6]), files, int(row[7]), int(row[8]))
 
 
 def worst_lines(store: Store, job_id: str, n: int = 10) -> list[dict]:

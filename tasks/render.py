@@ -26,8 +26,11 @@ import pyarrow as pa
 import ray
 
 from .audio import encode_flac, load_audio, peak_dbfs, rms_dbfs
+from .checked_lines import render_checked
 from .fault_isolation import synthesize_isolated, with_backoff
 from .index_schema import RESULT_SCHEMA, SUMMARY_SCHEMA
+from .line_qc import LineQC, QCConfig
+from .postprocess import PostConfig
 from .render_metrics import RenderMetrics
 from .render_plan import VoiceDecision
 from .runtime import Resources
@@ -52,6 +55,9 @@ class RenderSettings:
     retries: int = 3  # calls in all for a voice load / shard write failing with a transient error
     line_retries: int = 1  # extra calls for a single line failing with a transient error
     backoff_s: float = 0.5
+    post: PostConfig = field(default_factory=PostConfig)  # loudness, silence pads, target length
+    qc: QCConfig = field(default_factory=QCConfig)  # per-line quality control and retries
+    precision: str | None = None  # fp32 | bf16 | fp16 | int8; None: bf16 on CUDA, fp32 on CPU
 
     def __post_init__(self) -> None:
         for name in ("actors", "batch_size", "lines_per_shard", "voice_cache", "retries"):
@@ -88,9 +94,11 @@ class SynthesizeLines:
         self.records = {v: d.record for v, d in voices.items() if d.allowed}  # registry read once, by the plan
         self.run = run
         self.synth = Synthesizer(TextFrontend(bert_dir=bert_dir), device=settings.resources.device,
-                                 max_batch=settings.batch_size)
+                                 max_batch=settings.batch_size, precision=settings.precision)
         self.voices: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.metrics = RenderMetrics()
+        # quality control: one ASR + speaker model per actor, each voice's reference embedded once
+        self.qc = LineQC(settings.qc, threads=max(1, int(settings.resources.num_cpus)))
 
     def voice(self, voice_id: str, version: str):
         key = (voice_id, version)
@@ -114,6 +122,8 @@ class SynthesizeLines:
         gpt = load_gpt(self.store.read_bytes(rec.files["gpt"])).model
         sovits = load_sovits(self.store.read_bytes(rec.files["sovits"])).model
         ref = load_audio(self.store.read_bytes(rec.files["ref_wav"]), sovits.cfg.sampling_rate, name="ref.wav")
+        if self.settings.qc.mode_for(rec.untrained) != "off":
+            self.qc.add_reference((voice_id, version), ref, sovits.cfg.sampling_rate)
         return self.synth.load_voice(gpt, sovits, VoicePrompt(ref, rec.ref_text, rec.ref_language,
                                                               np.asarray(rec.prompt_tokens)))
 
@@ -132,53 +142,71 @@ class SynthesizeLines:
                 error = f"voice {key[0]} v{key[1]} could not be loaded: {type(e).__name__}: {e}"
                 out.extend(self.result(r, "failed", error=error, attempts=0) for r in group)
                 continue
-            out.extend(self.render_group(voice, group))
+            out.extend(self.render_group(key, voice, group))
         return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
-    def render_group(self, voice, group: list[dict]) -> list[dict]:
-        from voicefleet.model.synthesizer import LineRequest
+    def render_group(self, key: tuple[str, str], voice, group: list[dict]) -> list[dict]:
+        """Synthesis (a failing batch split down to single lines) -> post-processing -> QC, with
+        lines that fail QC rendered again with another seed (tasks/checked_lines.py)."""
+        from voicefleet.model.synthesizer import LineRequest, SynthesisError
 
         s = self.settings
-        t0 = time.perf_counter()
-        outcomes = synthesize_isolated(
-            lambda rows: self.synth.synthesize(voice, [LineRequest(r["text"], r["language"], line_settings(r, s))
-                                                       for r in rows]),
-            group, line_retries=s.line_retries, backoff_s=s.backoff_s,
-            on_retry=lambda e, n: self.metrics.retry("batch_split" if n > 1 else "line_retry"))
-        elapsed = time.perf_counter() - t0
-        audio_s = sum(len(o.result.wav) / o.result.sample_rate for o in outcomes
-                      if o.result is not None and not isinstance(o.result, Exception))
-        self.metrics.batch(elapsed, audio_s)
+        calls: dict[int, list] = {i: [] for i in range(len(group))}  # isolation log per line, every attempt
+        elapsed = [0.0]
+
+        def synthesize(requests: list) -> list:
+            t0 = time.perf_counter()
+            outcomes = synthesize_isolated(
+                lambda reqs: self.synth.synthesize(voice, reqs), requests, line_retries=s.line_retries,
+                backoff_s=s.backoff_s, on_retry=lambda e, n: self.metrics.retry("batch_split" if n > 1 else "line_retry"))
+            elapsed[0] += time.perf_counter() - t0
+            out = []
+            for req, o in zip(requests, outcomes):
+                calls[req.tag].extend(o.log)
+                failed = o.error is not None or isinstance(o.result, Exception)
+                out.append(SynthesisError(o.error or str(o.result)) if failed else o.result)
+            return out
+
+        lines = [(LineRequest(r["text"], r["language"], line_settings(r, s), tag=i), r["target_seconds"])
+                 for i, r in enumerate(group)]
+        record = self.records.get(key[0])
+        checked = render_checked(synthesize, lines, s.post, self.qc, key,
+                                 s.qc.mode_for(bool(record is not None and record.untrained)))
+        audio_s = sum(c.audio.duration_s for c in checked if c.audio is not None)
+        self.metrics.batch(elapsed[0], audio_s)
         out = []
-        for r, o in zip(group, outcomes):
-            log = json.dumps(o.log)
-            if o.error is not None or isinstance(o.result, Exception):
-                error = o.error or str(o.result)
-                out.append(self.result(r, "failed", error=error, attempts=o.attempts, attempt_log=log))
+        for i, (r, c) in enumerate(zip(group, checked)):
+            cols = dict(c.columns)
+            cols["attempts"] = len(calls[i])  # real synthesis calls that included this line
+            log = json.loads(cols.get("attempt_log") or "[]")
+            if log:  # every call (batch size, seconds, error) with the last QC attempt
+                log[-1]["synthesis_calls"] = calls[i]
+                cols["attempt_log"] = json.dumps(log, ensure_ascii=False)
+            if c.audio is None:
+                out.append(self.result(r, "failed", error=c.error, quality=cols))
             else:
-                out.append(self.result(r, "ok", audio=o.result, attempts=o.attempts, attempt_log=log,
-                                       rtf=elapsed / audio_s if audio_s else None))
+                out.append(self.result(r, "ok", audio=c.audio, quality=cols,
+                                       rtf=elapsed[0] / audio_s if audio_s else None))
         return out
 
-    def result(self, r: dict, status: str, audio=None, error: str | None = None, attempts: int = 1,
-               attempt_log: str | None = None, rtf: float | None = None) -> dict:
+    def result(self, r: dict, status: str, audio=None, error: str | None = None, attempts: int = 0,
+               quality: dict | None = None, rtf: float | None = None) -> dict:
+        """An index row (RESULT_SCHEMA); `audio` is the post-processed line (tasks/postprocess.Processed)."""
         row = {"line_id": r["line_id"], "voice_id": r["voice_id"] or None, "voice_version": r["voice_version"],
                "status": status, "error": error, "text": r["text"], "language": r["language"],
-               "attempts": attempts, "attempt_log": attempt_log, "run": self.run, "seed": r["seed"],
-               "target_seconds": r["target_seconds"], "flac": None}
+               "attempts": attempts, "run": self.run, "seed": r["seed"], "target_seconds": r["target_seconds"],
+               "flac": None, **(quality or {})}
         if audio is None:
             self.metrics.line(status)
             return row
-        duration = len(audio.wav) / audio.sample_rate
+        truncated = bool(row.get("truncated"))
         peak, rms = peak_dbfs(audio.wav), rms_dbfs(audio.wav)
         row.update(peak_dbfs=peak if np.isfinite(peak) else None, rms_dbfs=rms if np.isfinite(rms) else None,
-                   rtf=rtf, truncated=bool(audio.truncated),
-                   duration_deviation_s=None if r["target_seconds"] is None else duration - r["target_seconds"],
-                   flac=encode_flac(audio.wav, audio.sample_rate))
-        if audio.truncated:
+                   rtf=rtf, truncated=truncated, flac=encode_flac(audio.wav, audio.sample_rate))
+        if truncated and not row.get("qc_reasons"):
             row.update(qc_passed=False, qc_reasons=f"truncated: a sentence hit the runaway-length guard "
                                                    f"({self.settings.max_tokens_per_phone:g} tokens per phone)")
-        self.metrics.line("ok", duration, bool(audio.truncated))
+        self.metrics.line("ok", audio.duration_s, truncated)
         return row
 
 

@@ -214,3 +214,45 @@ def test_render_killed_midway_resumes_without_duplicates(enrolled, ray_cluster, 
     for shard in set(table.column("shard").to_pylist()):
         with tarfile.open(fileobj=io.BytesIO(store.read_bytes(f"{job_prefix(job)}/{shard}"))) as tf:
             assert len(tf.getmembers()) % 2 == 0
+
+
+def test_render_normalises_loudness_meets_target_length_checks_every_line_and_writes_a_report(enrolled):
+    """Post-processing + per-line QC on the real pipeline. The demo voices come from an untrained base
+    model, so QC "auto" reports only (their audio fails every check), and "enforce" retries with new
+    seeds and then fails the line with its reasons."""
+    from voicefleet.flows.render import render_script
+    from voicefleet.tasks.line_qc import retry_seed
+    from voicefleet.tasks.render_plan import line_seed
+
+    store, summary = enrolled["local"]
+    voices = sorted(r["speaker"] for r in summary["speakers"] if r["status"] == "accepted")
+    rows = [dict(r, target_seconds="") for r in build_demo_script(voices, 4, seed=3)]
+    script = write_script(store, "scripts/qc.csv", rows)
+    res = render_script(script, OWNER, store.uri, job_id="qc-auto")
+    assert res["ok"] == 4 and res["qc"]["mode"] == "auto" and res["qc_checked"] == 4
+    table = assert_render_complete(store, "qc-auto", [r["line_id"] for r in rows]).to_pylist()
+    for r in table:
+        assert abs(r["loudness_lufs"] - (-23.0)) <= 1.0 and r["true_peak_dbtp"] <= -1.0, r
+        assert r["attempts"] == 1 and isinstance(r["qc_passed"], bool) and r["wer"] is not None
+        assert len(json.loads(r["attempt_log"])) == 1
+    assert Path(res["report"]).is_file() and res["report"].endswith("renders/qc-auto/report.html")
+
+    # a target 10 % shorter than the line came out: met by the model's speed, then the bounded stretch
+    first = next(r for r in table if r["line_id"] == rows[0]["line_id"])
+    rows[0]["target_seconds"] = str(round(first["duration_s"] * 0.9, 2))
+    script = write_script(store, "scripts/qc-target.csv", rows)
+    res = render_script(script, OWNER, store.uri, job_id="qc-enforce", qc={"mode": "enforce", "retries": 1})
+    table = {r["line_id"]: r for r in assert_render_complete(store, "qc-enforce", [r["line_id"] for r in rows]).to_pylist()}
+    timed = table[rows[0]["line_id"]]
+    log = json.loads(timed["attempt_log"])
+    assert timed["target_seconds"] == float(rows[0]["target_seconds"])
+    assert abs(log[-1]["duration_deviation_s"]) <= 0.05 and log[0]["speed"] > 1.0, log
+    assert res["failed"] >= 1, "untrained voices fail QC"
+    for r in table.values():
+        log = json.loads(r["attempt_log"])
+        assert r["attempts"] == len(log) and [e["attempt"] for e in log] == list(range(1, len(log) + 1))
+        seed = line_seed(r["line_id"], r["text"])
+        assert [e["seed"] for e in log] == [retry_seed(seed, k) for k in range(len(log))]
+        if r["status"] == "failed":
+            assert r["attempts"] == 2 and r["error"].startswith("quality check failed after 2 attempt(s)")
+            assert log[0]["passed"] is False and log[0]["reasons"]
