@@ -49,6 +49,10 @@ console = Console(soft_wrap=True)  # paths and commands stay on one line, copyab
 err = Console(stderr=True)
 
 StoreOpt = typer.Option(DEFAULT_STORE, "--store", help="Object store root: a folder, file://, s3:// or gs:// URI.")
+TokenOpt = typer.Option(None, "--token", envvar="VOICEFLEET_TOKEN", show_envvar=True,
+                        help="Signed principal token (from `voicefleet principal token`).")
+LocalOpt = typer.Option(False, "--local", help="Local mode: trust --as NAME (single-user machine; "
+                                               "also VOICEFLEET_LOCAL_MODE=1).")
 
 
 class CLIError(Exception):
@@ -60,8 +64,10 @@ class CLIError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """Map the pipeline's user-actionable exceptions to exit codes."""
     from voicefleet.model.checkpoint import CheckpointError
+    from voicefleet.tasks.access import NotPermitted
     from voicefleet.tasks.base_model import PretrainedNotFound
-    from voicefleet.tasks.registry import InvalidPrincipal, UnknownVersion, UnknownVoice
+    from voicefleet.tasks.principal import InvalidToken, LocalModeRequired
+    from voicefleet.tasks.registry import ConsentWithdrawn, InvalidGrant, InvalidPrincipal, UnknownVersion, UnknownVoice
     from voicefleet.tasks.script import ScriptError
     from voicefleet.tasks.storage import InvalidId, InvalidKey
 
@@ -69,6 +75,10 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, (UnknownVoice, UnknownVersion)):
         return EXIT_NOT_FOUND
+    if isinstance(exc, (NotPermitted, ConsentWithdrawn)):
+        return EXIT_PARTIAL
+    if isinstance(exc, (InvalidToken, LocalModeRequired, InvalidGrant)):
+        return EXIT_BAD_INPUT
     if isinstance(exc, (ScriptError, InvalidId, InvalidKey, InvalidPrincipal, PretrainedNotFound, CheckpointError,
                         FileNotFoundError, IsADirectoryError, PermissionError)):
         return EXIT_BAD_INPUT
@@ -90,7 +100,7 @@ def handled():
         if os.environ.get("VOICEFLEET_DEBUG") == "1":
             err.print_exception()
         msg = str(e).strip().strip("'\"") or type(e).__name__
-        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found"}.get(code, "internal error")
+        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_PARTIAL: "refused"}.get(code, "internal error")
         err.print(f"[red]{label}[/]: {msg}", highlight=False, soft_wrap=True)
         if code == EXIT_INTERNAL:
             err.print("(set VOICEFLEET_DEBUG=1 for the traceback)")
@@ -218,7 +228,9 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
 
 @app.command()
 def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .jsonl, .parquet)."),
-           principal: str = typer.Option(..., "--as", help="Who renders: lines whose voice they may not use are refused."),
+           principal: Optional[str] = typer.Option(None, "--as", help="Who renders, by name: only with --local."),
+           token: Optional[str] = TokenOpt,
+           local: bool = LocalOpt,
            store: str = StoreOpt,
            job: Optional[str] = typer.Option(None, help="Job id (default: derived from script and principal; a rerun resumes)."),
            actors: int = typer.Option(1, help="Synthesis actors."),
@@ -229,10 +241,10 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
            pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model).")):
     """Render a script into WebDataset shards + a Parquet index under renders/<job>/."""
     with handled():
-        from voicefleet.tasks.registry import check_principal
+        from voicefleet.tasks.principal import resolve_principal
         from voicefleet.tasks.script import inspect_script
 
-        check_principal(principal)
+        who = resolve_principal(token, principal, local=local)
         check_pretrained(pretrained)
         info = inspect_script(script)
         known = {v.voice_id for v in _registry(store).list()}
@@ -246,8 +258,9 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
         from .render import render_script
 
         with progress_bars():
-            summary = render_script(script, principal, store, job_id=job, pretrained=pretrained, actors=actors,
-                                    num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard)
+            summary = render_script(script, token if who.via == "token" else who.name, store, job_id=job, pretrained=pretrained, actors=actors,
+                                    num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard,
+                                    local=who.via == "local")
         if summary.get("dashboard"):
             console.print(f"Ray dashboard: {summary['dashboard']}")
         raise typer.Exit(print_render(summary))
@@ -354,7 +367,7 @@ def demo(store: str = StoreOpt,
         s.write_text("demo/script.csv", buf.getvalue())
         owner = "user:demo"
         with progress_bars():
-            rsum = render_script(s.url("demo/script.csv"), owner, store, pretrained=pretrained)
+            rsum = render_script(s.url("demo/script.csv"), owner, store, pretrained=pretrained, local=True)
         code = print_render(rsum)
         wall = time.perf_counter() - t0
         t = Table(title="demo summary", show_header=False)
@@ -374,6 +387,98 @@ def demo(store: str = StoreOpt,
                           "(no pretrained weights are shipped or downloaded): the pipeline is real, the audio is "
                           "not speech. Point --pretrained at the official GPT-SoVITS v2 models for real voices.")
         raise typer.Exit(code if enroll_code == EXIT_OK else enroll_code)
+
+
+# ---------------------------------------------------------------- voice safety: principals, grants, consent
+principal_app = typer.Typer(help="Principal tokens (who is acting).", no_args_is_help=True)
+app.add_typer(principal_app, name="principal")
+
+
+def parse_when(value: Optional[str], option: str):
+    """An ISO date or date-time; a bare date is 00:00 UTC that day, a time without zone is UTC."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CLIError(f"{option} {value!r} is not an ISO date or date-time (e.g. 2026-12-31)", EXIT_BAD_INPUT) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def acting(token: Optional[str], name: Optional[str], local: bool) -> str:
+    from voicefleet.tasks.principal import resolve_principal
+
+    return resolve_principal(token, name, local=local).name
+
+
+def _managed(store: str, voice: str, actor: str):
+    from voicefleet.tasks.access import email_domain, may_manage
+    from voicefleet.tasks.registry import VoiceRegistry
+
+    registry = VoiceRegistry(store_of(store), org_of=email_domain)
+    may_manage(registry.get(voice), actor)
+    return registry
+
+
+@voices_app.command("grant")
+def voices_grant(voice: str = typer.Argument(..., help="Voice id."),
+                 to: str = typer.Option(..., "--to", help="Principal to grant (or '*' under a public consent)."),
+                 expires: Optional[str] = typer.Option(None, help="Grant ends at this ISO date/time (date: 00:00 UTC)."),
+                 principal: Optional[str] = typer.Option(None, "--as", help="Who grants, by name: only with --local."),
+                 token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """Let a principal render with a voice (owner or admin only; bounded by the speaker's consent scope)."""
+    with handled():
+        actor = acting(token, principal, local)
+        rec = _managed(store, voice, actor).grant(voice, to, parse_when(expires, "--expires"))
+        g = rec.grant_for(to.strip())
+        until = g.expires_at.isoformat() if g and g.expires_at else "no end"
+        console.print(f"granted voice {voice} to {to.strip()} (until {until}), by {actor}")
+
+
+@voices_app.command("revoke")
+def voices_revoke(voice: str = typer.Argument(..., help="Voice id."),
+                  frm: str = typer.Option(..., "--from", help="Principal whose grant ends."),
+                  principal: Optional[str] = typer.Option(None, "--as", help="Who revokes, by name: only with --local."),
+                  token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """End a principal's grant: render jobs started from now on refuse its lines."""
+    with handled():
+        actor = acting(token, principal, local)
+        removed = _managed(store, voice, actor).revoke(voice, frm)
+        console.print(f"revoked {frm.strip()}'s grant for voice {voice}" if removed
+                      else f"{frm.strip()} had no grant for voice {voice}; nothing changed")
+
+
+@voices_app.command("withdraw")
+def voices_withdraw(voice: str = typer.Argument(..., help="Voice id."),
+                    principal: Optional[str] = typer.Option(None, "--as", help="Who records it, by name: only with --local."),
+                    token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """Record that the speaker withdrew consent: every render job started from now on is refused."""
+    with handled():
+        actor = acting(token, principal, local)
+        rec = _managed(store, voice, actor).withdraw(voice, by=actor)
+        console.print(f"consent for voice {voice} withdrawn at {rec.withdrawn_at.isoformat()} (recorded by "
+                      f"{rec.withdrawn_by}); renders are refused from now on")
+
+
+@principal_app.command("token")
+def principal_token(name: str = typer.Argument(..., help="Principal, e.g. user:ada@example.com."),
+                    expires: Optional[str] = typer.Option(None, help="ISO date/time (default: 30 days from now).")):
+    """Mint a signed principal token (needs VOICEFLEET_PRINCIPAL_KEY; for admins)."""
+    with handled():
+        import datetime as dt
+
+        from voicefleet.tasks.principal import mint_token
+
+        when = parse_when(expires, "--expires") or dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+        try:
+            token = mint_token(name, when)
+        except ValueError as e:
+            if type(e) is ValueError:  # expiry problems; InvalidToken/InvalidPrincipal keep their codes
+                raise CLIError(str(e), EXIT_BAD_INPUT) from None
+            raise
+        console.print(token, highlight=False)
 
 
 def main() -> None:

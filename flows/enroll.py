@@ -20,6 +20,7 @@ task = prefect_task(cache_policy=NONE)
 from prefect.artifacts import create_table_artifact
 
 from voicefleet.tasks.base_model import base_spec
+from voicefleet.tasks.consent import registry_terms
 from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.ingest import discover_speakers
@@ -61,7 +62,7 @@ def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, re
     out = []
     for p in prepared:
         try:
-            registry.ensure_voice(p.speaker_id, p.owner, p.sharing)
+            registry.ensure_voice(p.speaker_id, p.owner, p.sharing, **registry_terms(p.consent))
             registry.set_status(p.speaker_id, "training")
             ready.append(p)
         except (RegistryError, ValueError) as e:

@@ -18,7 +18,9 @@ from prefect import task as prefect_task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry, check_principal
+from voicefleet.tasks.access import email_domain
+from voicefleet.tasks.principal import resolve_principal
+from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry
 from voicefleet.tasks.render import RenderCounts, RenderSettings, VoiceDecision, render_lines
 from voicefleet.tasks.runtime import Resources, ensure_ray
 from voicefleet.tasks.script import ScriptInfo, inspect_script
@@ -55,7 +57,7 @@ def inspect(script: str) -> ScriptInfo:
 
 @task
 def authorize(store: str, info: ScriptInfo, principal: str) -> dict[str, VoiceDecision]:
-    registry = VoiceRegistry(Store(store))
+    registry = VoiceRegistry(Store(store), org_of=email_domain)
     decisions = {}
     for voice in info.voices:
         try:
@@ -94,9 +96,15 @@ def render(store: str, job_id: str, info: ScriptInfo, decisions: dict[str, Voice
 @flow(name="render-script", log_prints=True)
 def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_id: str | None = None,
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
-                  batch_size: int = 16, lines_per_shard: int = 256) -> dict:
-    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`."""
-    principal = check_principal(principal)
+                  batch_size: int = 16, lines_per_shard: int = 256, local: bool = False) -> dict:
+    """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
+
+    `principal` is a signed principal token (tasks/principal.py), verified here; a plain name is
+    accepted only with `local=True` (or VOICEFLEET_LOCAL_MODE=1).
+    """
+    who = resolve_principal(token=principal, local=local) if principal.startswith("vf1.") else \
+        resolve_principal(name=principal, local=local)
+    principal = who.name
     info = inspect(script)
     job_id = safe_id(job_id or default_job_id(script, principal), "job id")
     s = Store(store)
@@ -105,7 +113,7 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     job_key = f"{job_prefix(job_id)}/job.json"
     job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
-    job.update(script=info.url, principal=principal, lines=info.lines, status="running",
+    job.update(script=info.url, principal=principal, principal_via=who.via, lines=info.lines, status="running",
                voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason} for v, d in decisions.items()})
     job["runs"].append({"started_at": started})
     s.write_json(job_key, job)

@@ -19,7 +19,8 @@ An example record (``schema_version`` may be left out; it defaults to 1)::
     }
 
 ``scope.sharing`` is ``"private"`` (only the owner may render), ``"org"``, ``"public"``, or a list
-of principals allowed to render with the voice. Times must carry a time zone.
+of principals: the most the owner may grant (tasks/access.py holds the one sharing model). Times
+must carry a time zone.
 
 Checking that the consent clip really is the enrolled speaker saying the consent phrase belongs to
 the voice-safety work; :func:`verify_consent_clip` is where it goes. Today it only proves the clip
@@ -35,7 +36,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import fsspec
 import numpy as np
@@ -49,6 +50,7 @@ from pydantic import (
     model_validator,
 )
 
+from .access import Sharing, check_sharing
 from .audio import AudioDecodeError, load_audio
 
 if TYPE_CHECKING:
@@ -67,7 +69,6 @@ __all__ = [
 ]
 
 CONSENT_FILE = "consent.json"
-SHARING_LEVELS = ("private", "org", "public")
 # Rate the consent clip is decoded at: what speaker-embedding and ASR checks take.
 CLIP_SAMPLE_RATE = 16_000
 # A spoken consent phrase cannot fit in less than this.
@@ -75,8 +76,7 @@ MIN_CLIP_SECONDS = 1.0
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Principal = NonEmpty
-"""Who may act: a user, group or service account name as the grants module spells it."""
-Sharing = Union[Literal["private", "org", "public"], list[Principal]]
+"""Who may act: a user, group or service account name as tasks/access.py spells it."""
 
 
 class ConsentError(ValueError):
@@ -103,23 +103,12 @@ class ConsentScope(BaseModel):
     training: bool
     """May a voice be trained from the recordings."""
     sharing: Sharing = "private"
-    """Who may render with the voice: a level, or the principals allowed besides the owner."""
+    """The most the owner may grant: a level, or the principals allowed besides the owner."""
 
     @field_validator("sharing", mode="before")
     @classmethod
     def _sharing_is_level_or_principals(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in SHARING_LEVELS:
-            raise ValueError(f"must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an empty list of principals shares with no one: use 'private'")
-            bad = [p for p in value if not isinstance(p, str) or not p.strip()]
-            if bad:
-                raise ValueError(f"principals must be non-empty strings, got {bad[0]!r}")
-            return [p.strip() for p in value]
-        if not isinstance(value, str):
-            raise ValueError(f"must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
-        return value
+        return check_sharing(value)
 
 
 class Consent(BaseModel):
@@ -164,6 +153,12 @@ class Consent(BaseModel):
         """True until ``expires_at`` (always, when there is none)."""
         now = now or datetime.now(timezone.utc)
         return self.expires_at is None or now < self.expires_at
+
+
+def registry_terms(snapshot: Mapping[str, Any]) -> dict[str, datetime | None]:
+    """The consent times the registry enforces at render, from a consent snapshot (`model_dump`)."""
+    consent = Consent.model_validate(snapshot)
+    return {"consent_granted_at": consent.granted_at, "consent_expires_at": consent.expires_at}
 
 
 def _format_validation_error(err: ValidationError) -> str:
