@@ -95,7 +95,8 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[Spe
             v = registry.add_version(r.speaker_id, {
                 "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
                 "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
-                "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent})
+                "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent,
+                "consent_check": r.consent_check})
         except (RegistryError, ValueError) as e:  # one speaker's registry problem never stops the batch
             out.append(r.model_copy(update={"status": "failed", "reasons": [f"could not register: {e}"]}))
             continue

@@ -22,9 +22,9 @@ An example record (``schema_version`` may be left out; it defaults to 1)::
 of principals: the most the owner may grant (tasks/access.py holds the one sharing model). Times
 must carry a time zone.
 
-Checking that the consent clip really is the enrolled speaker saying the consent phrase belongs to
-the voice-safety work; :func:`verify_consent_clip` is where it goes. Today it only proves the clip
-exists and decodes, and says "not verified" in its result.
+:func:`verify_consent_clip` proves the clip exists, decodes and can hold a phrase ("not verified");
+checking that it really is the enrolled speaker saying the consent phrase needs the decoded takes,
+so ingest runs it afterwards: tasks/consent_verify.py, whose verdict is stored with the version.
 """
 
 from __future__ import annotations
@@ -130,6 +130,9 @@ class Consent(BaseModel):
     """File name of the consent recording, relative to the speaker folder."""
     consent_phrase: NonEmpty
     """The words the speaker says in the consent clip."""
+    approved_by: Principal | None = None
+    """An operator who listened to the clip and approved the phrase: required where no ASR model
+    exists for the speaker's language (tasks/consent_verify.py), recorded in the verdict."""
 
     @field_validator("consent_clip")
     @classmethod
@@ -249,9 +252,9 @@ def verify_consent_clip(
     fs: fsspec.AbstractFileSystem | None = None,
     enrollment_audio: Sequence[np.ndarray] = (),
 ) -> ConsentClipCheck:
-    """Check the consent clip: the hook for proving the speaker said the consent phrase.
+    """Check the consent clip exists and decodes (the speaker and phrase checks: tasks/consent_verify.py).
 
-    Today it checks that ``consent.consent_clip`` exists inside ``speaker_dir``, decodes, and is
+    It checks that ``consent.consent_clip`` exists inside ``speaker_dir``, decodes, and is
     long enough to hold a spoken phrase, and returns ``ClipVerdict.NOT_VERIFIED``. The voice-safety
     work completes it here, keeping this signature:
 

@@ -179,6 +179,8 @@ class NewVersion(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict)
     consent: dict[str, Any] = Field(default_factory=dict)
     """Snapshot of the consent record the version was trained under."""
+    consent_check: dict[str, Any] = Field(default_factory=dict)
+    """The consent clip's verdict with its measured figures (tasks/consent_verify.py)."""
 
     @field_validator("files")
     @classmethod
