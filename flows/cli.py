@@ -212,7 +212,9 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            pretrained: Optional[str] = typer.Option(None, help="Folder with the official v2 pretrained models."),
            recipe: str = typer.Option("default", help="'default', 'demo' (short, for the tiny model) or a JSON file."),
            gpus: float = typer.Option(0.0, help="GPUs per voice (fractions pack voices on one GPU)."),
-           cpus: float = typer.Option(1.0, help="CPUs per voice.")):
+           cpus: float = typer.Option(1.0, help="CPUs per voice."),
+           allow_synthetic: bool = typer.Option(False, help="Accept audio carrying voicefleet's watermark "
+                                                             "(test corpora made with our own renders).")):
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
@@ -222,7 +224,8 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
         from .enroll import enroll_batch
 
         with progress_bars():
-            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus)
+            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus,
+                                   qc={"allow_synthetic": True} if allow_synthetic else None)
         raise typer.Exit(print_enroll(summary))
 
 
@@ -422,6 +425,42 @@ def _managed(store: str, voice: str, actor: str):
     return registry
 
 
+def audit_event(store: str, event: str, actor: str, voice: str, detail: dict) -> None:
+    from voicefleet.tasks import audit
+
+    audit.append(store_of(store), event, actor, voice=voice, detail=detail)
+
+
+@app.command("audit")
+def audit_show(voice: Optional[str] = typer.Option(None, help="Only records about this voice."),
+               since: Optional[str] = typer.Option(None, help="Only records at or after this ISO date/time."),
+               as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+               store: str = StoreOpt):
+    """The audit log: verify its hash chain (exit 4 naming the first broken record), then list records."""
+    with handled():
+        from voicefleet.tasks import audit
+
+        records = audit.read(store_of(store))
+        try:
+            n = audit.verify(records)
+        except audit.AuditBroken as e:
+            err.print(f"[red]audit log broken[/]: {e}", highlight=False)
+            raise typer.Exit(EXIT_PARTIAL)
+        query = audit.Query(voice, parse_when(since, "--since"))
+        if as_json:
+            for r in filter(query, records):
+                console.print(json.dumps(r, ensure_ascii=False), highlight=False, soft_wrap=True)
+            return
+        t = Table(title=f"audit log of {store}: {n} records, chain verified")
+        for col in ("seq", "at", "event", "actor", "voice", "version", "job", "lines", "detail"):
+            t.add_column(col, overflow="fold")
+        for r in filter(query, records):
+            t.add_row(str(r["seq"]), r["at"][:19], r["event"], r["actor"], r["voice"] or "-", r["version"] or "-",
+                      r["job"] or "-", "-" if r["lines"] is None else str(r["lines"]),
+                      json.dumps(r["detail"], ensure_ascii=False)[:160])
+        console.print(t)
+
+
 @voices_app.command("grant")
 def voices_grant(voice: str = typer.Argument(..., help="Voice id."),
                  to: str = typer.Option(..., "--to", help="Principal to grant (or '*' under a public consent)."),
@@ -434,6 +473,7 @@ def voices_grant(voice: str = typer.Argument(..., help="Voice id."),
         rec = _managed(store, voice, actor).grant(voice, to, parse_when(expires, "--expires"))
         g = rec.grant_for(to.strip())
         until = g.expires_at.isoformat() if g and g.expires_at else "no end"
+        audit_event(store, "grant", actor, voice, {"to": to.strip(), "expires_at": until})
         console.print(f"granted voice {voice} to {to.strip()} (until {until}), by {actor}")
 
 
@@ -446,6 +486,7 @@ def voices_revoke(voice: str = typer.Argument(..., help="Voice id."),
     with handled():
         actor = acting(token, principal, local)
         removed = _managed(store, voice, actor).revoke(voice, frm)
+        audit_event(store, "revoke", actor, voice, {"from": frm.strip(), "had_grant": removed})
         console.print(f"revoked {frm.strip()}'s grant for voice {voice}" if removed
                       else f"{frm.strip()} had no grant for voice {voice}; nothing changed")
 
@@ -458,8 +499,39 @@ def voices_withdraw(voice: str = typer.Argument(..., help="Voice id."),
     with handled():
         actor = acting(token, principal, local)
         rec = _managed(store, voice, actor).withdraw(voice, by=actor)
+        audit_event(store, "withdraw", actor, voice, {"withdrawn_at": rec.withdrawn_at.isoformat()})
         console.print(f"consent for voice {voice} withdrawn at {rec.withdrawn_at.isoformat()} (recorded by "
                       f"{rec.withdrawn_by}); renders are refused from now on")
+
+
+watermark_app = typer.Typer(help="Find voicefleet's mark in audio, and where it came from.", no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(file: str = typer.Argument(..., help="Audio file or URL (wav, flac, mp3, ogg/opus, m4a)."),
+                     store: Optional[str] = typer.Option(None, "--store", help="Store whose fingerprint indexes "
+                                                         "name the job / voice version / line (default: presence only).")):
+    """Is this voicefleet output? Presence of the mark; with --store, which job, voice version and line."""
+    with handled():
+        import fsspec
+
+        from voicefleet.tasks.audio import load_audio
+        from voicefleet.tasks.fingerprint import lookup
+        from voicefleet.tasks.watermark import MARK_RATE, THRESHOLD, detect
+
+        with fsspec.open(file, "rb") as f:
+            audio = load_audio(f.read(), MARK_RATE, name=Path(file).name)
+        p = detect(audio, MARK_RATE)
+        out = {"file": file, "seconds": round(len(audio) / MARK_RATE, 2), "watermark": p.present,
+               "score": round(p.score, 3), "threshold": THRESHOLD, "windows_marked": f"{p.marked_windows}/{p.windows}"}
+        if store:
+            m = lookup(store_of(store), audio, MARK_RATE)
+            out["source"] = None if m is None else {"job": m.job_id, "voice": m.voice_id, "version": m.voice_version,
+                                                    "line": m.line_id, "bit_error_rate": m.bit_error_rate,
+                                                    "offset_s": m.offset_s}
+        console.print_json(json.dumps(out))
+        raise typer.Exit(EXIT_OK if p.present else EXIT_NOT_FOUND)
 
 
 @principal_app.command("token")

@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 task = prefect_task(cache_policy=NONE)
 from prefect.artifacts import create_table_artifact
 
+from voicefleet.tasks import audit
 from voicefleet.tasks.base_model import base_spec
 from voicefleet.tasks.consent import registry_terms
 from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
@@ -115,6 +116,7 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
         ("speaker", pa.string()), ("status", pa.string()), ("version", pa.int64()), ("seconds", pa.float64()),
         ("reasons", pa.string()), ("warnings", pa.string())])), buf)
     s.write_bytes(key, buf.getvalue())
+    audit_enrollment(s, run_id, results)
     counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed")}
     try:
         create_table_artifact(table=rows or [{"speaker": "-", "status": "no speakers found"}], key="enroll-summary",
@@ -122,6 +124,16 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
     except Exception:  # noqa: BLE001 — artifacts need an API; the report in the store is the record
         get_run_logger().warning("could not create the Prefect artifact")
     return {"run_id": run_id, "counts": counts, "report": s.url(key), "speakers": rows}
+
+
+def audit_enrollment(store: Store, run_id: str, results: list[SpeakerResult]) -> None:
+    """Voice safety: one audit record per speaker, and its consent verdict when one was measured."""
+    for r in results:
+        actor = f"enroll-run:{run_id}"
+        if r.consent_check:
+            audit.append(store, "consent_verdict", actor, voice=r.speaker_id, detail=r.consent_check)
+        audit.append(store, "enrollment", actor, voice=r.speaker_id, version=r.voice_version,
+                     detail={"status": r.status, "owner": r.owner, "reasons": r.reasons[:5]})
 
 
 @flow(name="enroll-batch", log_prints=True)

@@ -18,6 +18,7 @@ from prefect import task as prefect_task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from voicefleet.tasks import audit
 from voicefleet.tasks.access import email_domain
 from voicefleet.tasks.principal import resolve_principal
 from voicefleet.tasks.registry import RegistryError, UnknownVoice, VoiceRegistry
@@ -117,6 +118,8 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
                voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason} for v, d in decisions.items()})
     job["runs"].append({"started_at": started})
     s.write_json(job_key, job)
+    audit.append(s, "render_started", principal, job=job_id, lines=info.lines, detail={"via": who.via, "voices": {
+        v: {"allowed": d.allowed, "version": d.version} for v, d in decisions.items()}})
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,
                               resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus))
     counts = render(store, job_id, info, decisions, settings, bert_dir_of(pretrained))
@@ -127,6 +130,8 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     job["runs"][-1].update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), rendered_ok=counts.ok,
                            failed=counts.failed, refused=counts.refused, skipped=counts.skipped)
     s.write_json(job_key, job)
+    audit.append(s, "render_finished", principal, job=job_id, lines=counts.ok, detail={
+        "voices": {v: {"version": d.version} for v, d in decisions.items() if d.allowed}, **totals})
     summary = {"job_id": job_id, "status": job["status"], "lines": info.lines, **totals, "skipped_this_run": counts.skipped,
                "output": s.url(job_prefix(job_id)), "index_glob": index_glob(s, job_id), "dashboard": dashboard,
                "failures": counts.failures[:10], "untrained_voices": untrained_voices(s, decisions)}

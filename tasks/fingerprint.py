@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from .audio import resample
 from .storage import Store
 
-__all__ = ["MAX_BER", "Match", "fingerprint", "index_lines", "lookup"]
+__all__ = ["MAX_BER", "Match", "fingerprint", "index_lines", "index_rendered", "lookup"]
 
 FP_RATE = 5000
 FRAME = 2048
@@ -92,6 +92,18 @@ def index_lines(store: Store, job_id: str, part: str, lines: list[tuple[dict, np
     key = f"{PREFIX}/{job_id}/{part}.parquet"
     store.write_bytes(key, buf.getvalue())
     return key
+
+
+def index_rendered(store: Store, job_id: str, part: str, items: list[tuple[dict, bytes | None]]) -> str | None:
+    """`index_lines` for a shard's (index row, FLAC bytes or None) items: the ok lines' final audio."""
+    import soundfile as sf
+
+    lines = []
+    for row, flac in items:
+        if flac:
+            audio, sr = sf.read(io.BytesIO(flac), dtype="float32")
+            lines.append((row, audio, sr))
+    return index_lines(store, job_id, part, lines)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from .audio import AudioDecodeError, load_audio
 from .consent import Consent, ConsentError, load_consent
 from .consent_verify import verdict_record, verify_upload_consent
+from .watermark import SyntheticAudio, refuse_marked
 from .storage import InvalidId, Store, safe_id
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
@@ -177,9 +178,13 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None) -> Spea
     total = sum(u.seconds for u in utts)
     if total < qc.min_total_s:
         raise RejectedSpeaker(speaker, [f"only {total:.1f} s of accepted speech (< {qc.min_total_s:g} s)"] + problems)
-    # voice safety (tasks/consent_verify.py): the consent clip is this speaker saying the phrase
+    # voice safety: no rendered (watermarked) audio; the consent clip is this speaker saying the phrase
     try:
+        if not qc.allow_synthetic:
+            refuse_marked([(u.file, u.audio) for u in utts], SR)
         check = verify_upload_consent(src, speaker, consent, [u.audio for u in utts], SR, [u.language for u in utts])
+    except SyntheticAudio as e:
+        raise RejectedSpeaker(speaker, [str(e)]) from e
     except ConsentError as e:
         raise RejectedSpeaker(speaker, [e.reason]) from e
     ref = choose_reference(utts, qc)

@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray
 
+from . import watermark
 from .audio import encode_flac, load_audio, peak_dbfs, rms_dbfs
+from .fingerprint import index_rendered
 from .runtime import Resources
 from .script import OPTIONAL, REQUIRED, ScriptInfo, script_format
 from .shards import finished_line_ids, write_shard
@@ -186,10 +188,11 @@ def _result(r: dict, audio, error: str | None = None, rtf: float | None = None) 
         status = "refused" if r["status"] == "refused" else "failed"
         return {**base, "status": status, "error": r["error"] if status == "refused" else error,
                 "peak_dbfs": None, "rms_dbfs": None, "rtf": None, "flac": None}
-    peak, rms = peak_dbfs(audio.wav), rms_dbfs(audio.wav)
+    wav = watermark.mark(audio.wav, audio.sample_rate)  # voice safety: every line carries the mark
+    peak, rms = peak_dbfs(wav), rms_dbfs(wav)
     return {**base, "status": "ok", "error": None, "peak_dbfs": peak if np.isfinite(peak) else None,
             "rms_dbfs": rms if np.isfinite(rms) else None, "rtf": rtf,
-            "flac": encode_flac(audio.wav, audio.sample_rate)}
+            "flac": encode_flac(wav, audio.sample_rate)}
 
 
 # ---------------------------------------------------------------- shards
@@ -203,7 +206,9 @@ def write_shard_batch(batch: pa.Table, store_uri: str, job_id: str) -> pa.Table:
     for r in rows:
         flac = r.pop("flac")
         items.append((r, flac))
-    written = write_shard(Store(store_uri), job_id, f"part-{uuid.uuid4().hex[:12]}", items)
+    part = f"part-{uuid.uuid4().hex[:12]}"
+    index_rendered(Store(store_uri), job_id, part, items)  # voice safety: fingerprints before the index part
+    written = write_shard(Store(store_uri), job_id, part, items)
     return pa.Table.from_pylist([{"line_id": w["line_id"], "status": w["status"], "duration_s": w["duration_s"],
                                   "error": w["error"]} for w in written],
                                 schema=pa.schema([("line_id", pa.string()), ("status", pa.string()),

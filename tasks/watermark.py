@@ -22,7 +22,7 @@ import numpy as np
 
 from .audio import resample
 
-__all__ = ["MARK_RATE", "THRESHOLD", "Presence", "detect", "mark", "window_scores"]
+__all__ = ["MARK_RATE", "THRESHOLD", "Presence", "SyntheticAudio", "detect", "mark", "refuse_marked", "window_scores"]
 
 MARK_RATE = 32000  # perth's model rate
 WINDOW_S = 2.0
@@ -79,3 +79,19 @@ def detect(audio: np.ndarray, sample_rate: int) -> Presence:
     scores = window_scores(audio, sample_rate)
     best = float(scores.max(initial=0.0))
     return Presence(best >= THRESHOLD, best, len(scores), int((scores >= THRESHOLD).sum()))
+
+
+class SyntheticAudio(ValueError):
+    """Enrollment audio carries voicefleet's own mark: a clone of a clone is refused."""
+
+
+def refuse_marked(files: list[tuple[str, np.ndarray]], sample_rate: int) -> None:
+    """Raise `SyntheticAudio` naming every file whose audio carries the mark (with its score)."""
+    found = []
+    for name, audio in files:
+        presence = detect(audio, sample_rate)
+        if presence.present:
+            found.append(f"{name} (mark score {presence.score:.2f} >= {THRESHOLD:.2f})")
+    if found:
+        raise SyntheticAudio(f"synthetic voicefleet audio in {', '.join(found)}: voices are enrolled from "
+                             "recordings of the person, not from rendered lines")
