@@ -20,7 +20,7 @@ import numpy as np
 
 from voicefleet.tasks.asr import ASR, wer
 from voicefleet.tasks.audio import load_audio
-from voicefleet.tasks.consent_verify import MAX_PHRASE_WER, MIN_SPEAKER_SIMILARITY, phrase_match
+from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, phrase_match
 from voicefleet.tasks.demo_data import DEMO_VOICES, build_demo_enrollment
 from voicefleet.tasks.speaker import embed, mean_embedding, similarity
 
@@ -65,7 +65,7 @@ def main() -> None:
           f"above other-speaker max {MIN_SPEAKER_SIMILARITY - max(other):+.3f}")
 
     asr = ASR()
-    print("\nconsent phrase (Whisper tiny.en): WER of the consent clip | WER of a take (wrong phrase)")
+    print("\nconsent phrase (Whisper tiny.en): character error rate of the consent clip | of a take (wrong phrase)")
     right, wrong = [], []
     for sid in ids:
         heard = asr.transcribe(consent[sid], SR, "en").text
@@ -74,8 +74,8 @@ def main() -> None:
         wrong.append(1 - phrase_match(phrase[sid], heard_wrong))
         print(f"{sid:>18}  {right[-1]:.2f} (raw WER {wer(phrase[sid], heard):.2f}) {heard!r}")
         print(f"{'':>18}  {wrong[-1]:.2f} for {texts[sid]!r}")
-    print(f"right phrase: max WER {max(right):.2f}; wrong phrase: min WER {min(wrong):.2f}; "
-          f"threshold {MAX_PHRASE_WER:.2f}")
+    print(f"right phrase: max CER {max(right):.2f}; wrong phrase: min CER {min(wrong):.2f}; "
+          f"threshold {MAX_PHRASE_CER:.2f}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ def _watermarker():
 
     if perth.PerthImplicitWatermarker is None:
         raise RuntimeError("resemble-perth could not load its model (it needs setuptools<81 for pkg_resources)")
-    return perth.PerthImplicitWatermarker(device="cpu")
+    import torch
+
+    # a render actor that asked Ray for a GPU sees one; the others mark on the CPU
+    return perth.PerthImplicitWatermarker(device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def mark(audio: np.ndarray, sample_rate: int, **_: object) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from voicefleet.tasks.audio import resample, write_audio
 from voicefleet.tasks.consent import ClipVerdict, Consent, ConsentScope
-from voicefleet.tasks.consent_verify import MAX_PHRASE_WER, MIN_SPEAKER_SIMILARITY, check_consent_clip, phrase_match
+from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, check_consent_clip, phrase_match
 from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
 from voicefleet.tasks.ingest import QCConfig, RejectedSpeaker, ingest_speaker
 from voicefleet.tasks.storage import Store
@@ -47,7 +47,7 @@ def consent(**overrides) -> Consent:
 def test_the_enrolled_speaker_saying_the_phrase_is_verified(audio) -> None:
     check = check_consent_clip(consent(), audio["consent"], audio["takes"], SR)
     assert check.verdict is ClipVerdict.VERIFIED, check.detail
-    assert check.speaker_similarity >= MIN_SPEAKER_SIMILARITY and 1 - check.phrase_match <= MAX_PHRASE_WER
+    assert check.speaker_similarity >= MIN_SPEAKER_SIMILARITY and 1 - check.phrase_match <= MAX_PHRASE_CER
     assert "same speaker (similarity" in check.detail and "ASR heard" in check.detail
 
 
@@ -76,7 +76,7 @@ def test_a_language_without_asr_needs_a_recorded_operator_approval(audio) -> Non
 
 def test_phrase_match_forgives_word_splits_not_other_words() -> None:
     assert phrase_match(PHRASE, PHRASE.replace("voicefleet", "voice fleet")) == 1.0
-    assert phrase_match(PHRASE, "The library will be closed for repairs next week.") < 1 - MAX_PHRASE_WER
+    assert phrase_match(PHRASE, "The library will be closed for repairs next week.") < 1 - MAX_PHRASE_CER
 
 
 def test_ingest_rejects_a_speaker_whose_consent_clip_is_someone_else(audio, tmp_path) -> None:
