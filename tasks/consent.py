@@ -33,13 +33,12 @@ import enum
 import json
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import fsspec
-import numpy as np
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -250,20 +249,13 @@ def verify_consent_clip(
     *,
     store: Store | None = None,
     fs: fsspec.AbstractFileSystem | None = None,
-    enrollment_audio: Sequence[np.ndarray] = (),
 ) -> ConsentClipCheck:
     """Check the consent clip exists and decodes (the speaker and phrase checks: tasks/consent_verify.py).
 
     It checks that ``consent.consent_clip`` exists inside ``speaker_dir``, decodes, and is
-    long enough to hold a spoken phrase, and returns ``ClipVerdict.NOT_VERIFIED``. The voice-safety
-    work completes it here, keeping this signature:
-
-    * same speaker: embed the clip and ``enrollment_audio`` (16 kHz mono arrays of the speaker's
-      accepted takes) and compare, filling ``speaker_similarity``;
-    * phrase spoken: transcribe the clip and compare with ``consent.consent_phrase``, filling
-      ``phrase_match``;
-    * ``VERIFIED`` when both pass, else ``REJECTED`` with the measured values in ``detail``
-      ("consent clip does not match the enrolled speaker (similarity 0.41 < 0.75)").
+    long enough to hold a spoken phrase, and returns ``ClipVerdict.NOT_VERIFIED``: whether it is
+    the enrolled speaker saying the phrase needs the speaker's decoded takes, so
+    `consent_verify.verify_upload_consent` decides that once ingest has them.
 
     Args:
         consent: the speaker's parsed record.
@@ -271,12 +263,10 @@ def verify_consent_clip(
             consent.json.
         store: the object store holding the enrollment data, when ``speaker_dir`` is a key.
         fs: the filesystem holding it; inferred from the path when neither is given.
-        enrollment_audio: the speaker's enrollment clips, unused until the speaker check lands.
 
     Raises:
         ConsentError: the clip is missing, not audio, or shorter than ``MIN_CLIP_SECONDS``.
     """
-    del enrollment_audio  # reserved for the speaker-similarity check
     fs, folder = _split_location(speaker_dir, fs, store)
     speaker = _speaker_name(folder)
     clip_path = posixpath.join(folder, consent.consent_clip)

@@ -1,9 +1,7 @@
 """Principals, grants, consent expiry/withdrawal and secrets: who may render, decided before compute."""
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
