@@ -15,7 +15,7 @@ def run(*args: str):
     return result
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"], ["voices", "grant"], ["voices", "revoke"], ["voices", "withdraw"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"], ["voices", "grant"], ["voices", "revoke"], ["voices", "withdraw"], ["audit"], ["watermark", "detect"]])
 def test_help_for_every_command(cmd):
     r = run(*cmd, "--help")
     assert r.exit_code == 0 and "--store" in r.output or cmd in ([], ["voices"])
