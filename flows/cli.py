@@ -50,6 +50,10 @@ console = Console(soft_wrap=True)  # paths and commands stay on one line, copyab
 err = Console(stderr=True)
 
 StoreOpt = typer.Option(DEFAULT_STORE, "--store", help="Object store root: a folder, file://, s3:// or gs:// URI.")
+TokenOpt = typer.Option(None, "--token", envvar="VOICEFLEET_TOKEN", show_envvar=True,
+                        help="Signed principal token (from `voicefleet principal token`).")
+LocalOpt = typer.Option(False, "--local", help="Local mode: trust --as NAME (single-user machine; "
+                                               "also VOICEFLEET_LOCAL_MODE=1).")
 
 
 class CLIError(Exception):
@@ -61,11 +65,14 @@ class CLIError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """Map the pipeline's user-actionable exceptions to exit codes."""
     from voicefleet.model.checkpoint import CheckpointError
+    from voicefleet.tasks.access import NotPermitted
     from voicefleet.tasks.base_model import PretrainedNotFound
+    from voicefleet.tasks.access import NotPermitted
     from voicefleet.tasks.job_lease import JobLeaseHeld, JobLeaseLost
     from voicefleet.tasks.line_qc import QCConfigError
     from voicefleet.tasks.postprocess import PostConfigError
-    from voicefleet.tasks.registry import InvalidPrincipal, UnknownVersion, UnknownVoice
+    from voicefleet.tasks.principal import InvalidToken, LocalModeRequired
+    from voicefleet.tasks.registry import ConsentWithdrawn, InvalidGrant, InvalidPrincipal, UnknownVersion, UnknownVoice
     from voicefleet.tasks.runtime import LocalStoreOnCluster
     from voicefleet.tasks.script import ScriptError
     from voicefleet.tasks.storage import InvalidId, InvalidKey
@@ -76,6 +83,10 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_NOT_FOUND
     if isinstance(exc, (JobLeaseHeld, JobLeaseLost)):
         return EXIT_BUSY
+    if isinstance(exc, (NotPermitted, ConsentWithdrawn)):
+        return EXIT_PARTIAL
+    if isinstance(exc, (InvalidToken, LocalModeRequired, InvalidGrant)):
+        return EXIT_BAD_INPUT
     if isinstance(exc, (ScriptError, InvalidId, InvalidKey, InvalidPrincipal, PretrainedNotFound, CheckpointError,
                         LocalStoreOnCluster, QCConfigError, PostConfigError, FileNotFoundError, IsADirectoryError,
                         PermissionError)):
@@ -98,7 +109,8 @@ def handled():
         if os.environ.get("VOICEFLEET_DEBUG") == "1":
             err.print_exception()
         msg = str(e).strip().strip("'\"") or type(e).__name__
-        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_BUSY: "busy"}.get(code, "internal error")
+        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_BUSY: "busy",
+                 EXIT_PARTIAL: "refused"}.get(code, "internal error")
         err.print(f"[red]{label}[/]: {msg}", highlight=False, soft_wrap=True)
         if code == EXIT_INTERNAL:
             err.print("(set VOICEFLEET_DEBUG=1 for the traceback)")
@@ -227,7 +239,9 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            pretrained: Optional[str] = typer.Option(None, help="Folder with the official v2 pretrained models."),
            recipe: str = typer.Option("default", help="'default', 'demo' (short, for the tiny model) or a JSON file."),
            gpus: float = typer.Option(0.0, help="GPUs per voice (fractions pack voices on one GPU)."),
-           cpus: float = typer.Option(1.0, help="CPUs per voice.")):
+           cpus: float = typer.Option(1.0, help="CPUs per voice."),
+           allow_synthetic: bool = typer.Option(False, help="Accept audio carrying voicefleet's watermark "
+                                                             "(test corpora made with our own renders).")):
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
@@ -237,13 +251,16 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
         from .enroll import enroll_batch
 
         with progress_bars():
-            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus)
+            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus,
+                                   qc={"allow_synthetic": True} if allow_synthetic else None)
         raise typer.Exit(print_enroll(summary))
 
 
 @app.command()
 def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .jsonl, .parquet)."),
-           principal: str = typer.Option(..., "--as", help="Who renders: lines whose voice they may not use are refused."),
+           principal: Optional[str] = typer.Option(None, "--as", help="Who renders, by name: only with --local."),
+           token: Optional[str] = TokenOpt,
+           local: bool = LocalOpt,
            store: str = StoreOpt,
            job: Optional[str] = typer.Option(None, help="Job id (default: derived from script and principal; a rerun resumes)."),
            actors: int = typer.Option(1, help="Synthesis actors."),
@@ -285,10 +302,13 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
             resolve_precision(None if precision == "auto" else precision, torch.device("cuda" if gpus > 0 else "cpu"))
         except ValueError as e:
             raise CLIError(f"--precision: {e}", EXIT_BAD_INPUT) from None
+        from voicefleet.tasks.principal import resolve_principal
+
+        who = resolve_principal(token, principal, local=local)
         check_pretrained(pretrained)
         from .render import make_plan
 
-        plan = make_plan(script, store, principal, max_chars)  # the one read of the script
+        plan = make_plan(script, store, who.name, max_chars)  # the one read of the script
         unknown = sorted(v for v, d in plan.decisions.items() if d.reason.startswith("unknown voice"))
         if unknown and len(unknown) == len(plan.voices):
             plan.cleanup()
@@ -300,10 +320,12 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
         from .render import render_script
 
         with progress_bars():
-            summary = render_script(script, principal, store, job_id=job, pretrained=pretrained, actors=actors,
-                                    num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard,
-                                    retry_failed=retry_failed, max_chars=max_chars, voice_cache=voice_cache, plan=plan,
-                                    precision=None if precision == "auto" else precision, **quality)
+            summary = render_script(script, token if who.via == "token" else who.name, store, job_id=job,
+                                    pretrained=pretrained, actors=actors, num_gpus=gpus, num_cpus=cpus,
+                                    batch_size=batch_size, lines_per_shard=lines_per_shard, retry_failed=retry_failed,
+                                    max_chars=max_chars, voice_cache=voice_cache, plan=plan,
+                                    precision=None if precision == "auto" else precision, local=who.via == "local",
+                                    **quality)
         if summary.get("dashboard"):
             console.print(f"Ray dashboard: {summary['dashboard']}")
         raise typer.Exit(print_render(summary))
@@ -479,7 +501,7 @@ def demo(store: str = StoreOpt,
         s.write_text("demo/script.csv", buf.getvalue())
         owner = "user:demo"
         with progress_bars():
-            rsum = render_script(s.url("demo/script.csv"), owner, store, pretrained=pretrained)
+            rsum = render_script(s.url("demo/script.csv"), owner, store, pretrained=pretrained, local=True)
         code = print_render(rsum)
         wall = time.perf_counter() - t0
         t = Table(title="demo summary", show_header=False)
@@ -499,6 +521,167 @@ def demo(store: str = StoreOpt,
                           "(no pretrained weights are shipped or downloaded): the pipeline is real, the audio is "
                           "not speech. Point --pretrained at the official GPT-SoVITS v2 models for real voices.")
         raise typer.Exit(code if enroll_code == EXIT_OK else enroll_code)
+
+
+# ---------------------------------------------------------------- voice safety: principals, grants, consent
+principal_app = typer.Typer(help="Principal tokens (who is acting).", no_args_is_help=True)
+app.add_typer(principal_app, name="principal")
+
+
+def parse_when(value: Optional[str], option: str):
+    """An ISO date or date-time; a bare date is 00:00 UTC that day, a time without zone is UTC."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CLIError(f"{option} {value!r} is not an ISO date or date-time (e.g. 2026-12-31)", EXIT_BAD_INPUT) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def acting(token: Optional[str], name: Optional[str], local: bool) -> str:
+    from voicefleet.tasks.principal import resolve_principal
+
+    return resolve_principal(token, name, local=local).name
+
+
+def _managed(store: str, voice: str, actor: str):
+    from voicefleet.tasks.access import email_domain, may_manage
+    from voicefleet.tasks.registry import VoiceRegistry
+
+    registry = VoiceRegistry(store_of(store), org_of=email_domain)
+    may_manage(registry.get(voice), actor)
+    return registry
+
+
+def audit_event(store: str, event: str, actor: str, voice: str, detail: dict) -> None:
+    from voicefleet.tasks import audit
+
+    audit.append(store_of(store), event, actor, voice=voice, detail=detail)
+
+
+@app.command("audit")
+def audit_show(voice: Optional[str] = typer.Option(None, help="Only records about this voice."),
+               since: Optional[str] = typer.Option(None, help="Only records at or after this ISO date/time."),
+               as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+               store: str = StoreOpt):
+    """The audit log: verify its hash chain (exit 4 naming the first broken record), then list records."""
+    with handled():
+        from voicefleet.tasks import audit
+
+        records = audit.read(store_of(store))
+        try:
+            n = audit.verify(records)
+        except audit.AuditBroken as e:
+            err.print(f"[red]audit log broken[/]: {e}", highlight=False)
+            raise typer.Exit(EXIT_PARTIAL)
+        query = audit.Query(voice, parse_when(since, "--since"))
+        if as_json:
+            for r in filter(query, records):
+                console.print(json.dumps(r, ensure_ascii=False), highlight=False, soft_wrap=True)
+            return
+        t = Table(title=f"audit log of {store}: {n} records, chain verified")
+        for col in ("seq", "at", "event", "actor", "voice", "version", "job", "lines", "detail"):
+            t.add_column(col, overflow="fold")
+        for r in filter(query, records):
+            t.add_row(str(r["seq"]), r["at"][:19], r["event"], r["actor"], r["voice"] or "-", r["version"] or "-",
+                      r["job"] or "-", "-" if r["lines"] is None else str(r["lines"]),
+                      json.dumps(r["detail"], ensure_ascii=False)[:160])
+        console.print(t)
+
+
+@voices_app.command("grant")
+def voices_grant(voice: str = typer.Argument(..., help="Voice id."),
+                 to: str = typer.Option(..., "--to", help="Principal to grant (or '*' under a public consent)."),
+                 expires: Optional[str] = typer.Option(None, help="Grant ends at this ISO date/time (date: 00:00 UTC)."),
+                 principal: Optional[str] = typer.Option(None, "--as", help="Who grants, by name: only with --local."),
+                 token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """Let a principal render with a voice (owner or admin only; bounded by the speaker's consent scope)."""
+    with handled():
+        actor = acting(token, principal, local)
+        rec = _managed(store, voice, actor).grant(voice, to, parse_when(expires, "--expires"))
+        g = rec.grant_for(to.strip())
+        until = g.expires_at.isoformat() if g and g.expires_at else "no end"
+        audit_event(store, "grant", actor, voice, {"to": to.strip(), "expires_at": until})
+        console.print(f"granted voice {voice} to {to.strip()} (until {until}), by {actor}")
+
+
+@voices_app.command("revoke")
+def voices_revoke(voice: str = typer.Argument(..., help="Voice id."),
+                  frm: str = typer.Option(..., "--from", help="Principal whose grant ends."),
+                  principal: Optional[str] = typer.Option(None, "--as", help="Who revokes, by name: only with --local."),
+                  token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """End a principal's grant: render jobs started from now on refuse its lines."""
+    with handled():
+        actor = acting(token, principal, local)
+        removed = _managed(store, voice, actor).revoke(voice, frm)
+        audit_event(store, "revoke", actor, voice, {"from": frm.strip(), "had_grant": removed})
+        console.print(f"revoked {frm.strip()}'s grant for voice {voice}" if removed
+                      else f"{frm.strip()} had no grant for voice {voice}; nothing changed")
+
+
+@voices_app.command("withdraw")
+def voices_withdraw(voice: str = typer.Argument(..., help="Voice id."),
+                    principal: Optional[str] = typer.Option(None, "--as", help="Who records it, by name: only with --local."),
+                    token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """Record that the speaker withdrew consent: every render job started from now on is refused."""
+    with handled():
+        actor = acting(token, principal, local)
+        rec = _managed(store, voice, actor).withdraw(voice, by=actor)
+        audit_event(store, "withdraw", actor, voice, {"withdrawn_at": rec.withdrawn_at.isoformat()})
+        console.print(f"consent for voice {voice} withdrawn at {rec.withdrawn_at.isoformat()} (recorded by "
+                      f"{rec.withdrawn_by}); renders are refused from now on")
+
+
+watermark_app = typer.Typer(help="Find voicefleet's mark in audio, and where it came from.", no_args_is_help=True)
+app.add_typer(watermark_app, name="watermark")
+
+
+@watermark_app.command("detect")
+def watermark_detect(file: str = typer.Argument(..., help="Audio file or URL (wav, flac, mp3, ogg/opus, m4a)."),
+                     store: Optional[str] = typer.Option(None, "--store", help="Store whose fingerprint indexes "
+                                                         "name the job / voice version / line (default: presence only).")):
+    """Is this voicefleet output? Presence of the mark; with --store, which job, voice version and line."""
+    with handled():
+        import fsspec
+
+        from voicefleet.tasks.audio import load_audio
+        from voicefleet.tasks.fingerprint import lookup
+        from voicefleet.tasks.watermark import MARK_RATE, THRESHOLD, detect
+
+        with fsspec.open(file, "rb") as f:
+            audio = load_audio(f.read(), MARK_RATE, name=Path(file).name)
+        p = detect(audio, MARK_RATE)
+        out = {"file": file, "seconds": round(len(audio) / MARK_RATE, 2), "watermark": p.present,
+               "score": round(p.score, 3), "threshold": THRESHOLD, "windows_marked": f"{p.marked_windows}/{p.windows}"}
+        if store:
+            m = lookup(store_of(store), audio, MARK_RATE)
+            out["source"] = None if m is None else {"job": m.job_id, "voice": m.voice_id, "version": m.voice_version,
+                                                    "line": m.line_id, "bit_error_rate": m.bit_error_rate,
+                                                    "offset_s": m.offset_s}
+        console.print_json(json.dumps(out))
+        raise typer.Exit(EXIT_OK if p.present else EXIT_NOT_FOUND)
+
+
+@principal_app.command("token")
+def principal_token(name: str = typer.Argument(..., help="Principal, e.g. user:ada@example.com."),
+                    expires: Optional[str] = typer.Option(None, help="ISO date/time (default: 30 days from now).")):
+    """Mint a signed principal token (needs VOICEFLEET_PRINCIPAL_KEY; for admins)."""
+    with handled():
+        import datetime as dt
+
+        from voicefleet.tasks.principal import mint_token
+
+        when = parse_when(expires, "--expires") or dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+        try:
+            token = mint_token(name, when)
+        except ValueError as e:
+            if type(e) is ValueError:  # expiry problems; InvalidToken/InvalidPrincipal keep their codes
+                raise CLIError(str(e), EXIT_BAD_INPUT) from None
+            raise
+        console.print(token, highlight=False)
 
 
 def main() -> None:

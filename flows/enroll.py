@@ -19,7 +19,9 @@ from prefect.cache_policies import NONE
 task = prefect_task(cache_policy=NONE)
 from prefect.artifacts import create_table_artifact
 
+from voicefleet.tasks import audit
 from voicefleet.tasks.base_model import base_spec
+from voicefleet.tasks.consent import registry_terms
 from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.ingest import discover_speakers
@@ -61,7 +63,7 @@ def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, re
     out = []
     for p in prepared:
         try:
-            registry.ensure_voice(p.speaker_id, p.owner, p.sharing)
+            registry.ensure_voice(p.speaker_id, p.owner, p.sharing, **registry_terms(p.consent))
             registry.set_status(p.speaker_id, "training")
             ready.append(p)
         except (RegistryError, ValueError) as e:
@@ -94,7 +96,8 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[Spe
             v = registry.add_version(r.speaker_id, {
                 "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
                 "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
-                "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent})
+                "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent,
+                "consent_check": r.consent_check})
         except (RegistryError, ValueError) as e:  # one speaker's registry problem never stops the batch
             out.append(r.model_copy(update={"status": "failed", "reasons": [f"could not register: {e}"]}))
             continue
@@ -113,6 +116,7 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
         ("speaker", pa.string()), ("status", pa.string()), ("version", pa.int64()), ("seconds", pa.float64()),
         ("reasons", pa.string()), ("warnings", pa.string())])), buf)
     s.write_bytes(key, buf.getvalue())
+    audit_enrollment(s, run_id, results)
     counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed")}
     try:
         create_table_artifact(table=rows or [{"speaker": "-", "status": "no speakers found"}], key="enroll-summary",
@@ -120,6 +124,16 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
     except Exception:  # noqa: BLE001 — artifacts need an API; the report in the store is the record
         get_run_logger().warning("could not create the Prefect artifact")
     return {"run_id": run_id, "counts": counts, "report": s.url(key), "speakers": rows}
+
+
+def audit_enrollment(store: Store, run_id: str, results: list[SpeakerResult]) -> None:
+    """Voice safety: one audit record per speaker, and its consent verdict when one was measured."""
+    for r in results:
+        actor = f"enroll-run:{run_id}"
+        if r.consent_check:
+            audit.append(store, "consent_verdict", actor, voice=r.speaker_id, detail=r.consent_check)
+        audit.append(store, "enrollment", actor, voice=r.speaker_id, version=r.voice_version,
+                     detail={"status": r.status, "owner": r.owner, "reasons": r.reasons[:5]})
 
 
 @flow(name="enroll-batch", log_prints=True)

@@ -21,17 +21,18 @@ from prefect import task as prefect_task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from voicefleet.tasks import audit
 from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
 from voicefleet.tasks.job_lease import JobLease
 from voicefleet.tasks.job_report import write_report
 from voicefleet.tasks.line_checks import DEFAULT_MAX_CHARS, LineLimits
 from voicefleet.tasks.line_qc import QCConfig
 from voicefleet.tasks.postprocess import PostConfig
-from voicefleet.tasks.registry import check_principal
 from voicefleet.tasks.render import RenderCounts, RenderSettings, render_lines
 from voicefleet.tasks.render_plan import Plan, plan_script, todo_prefix, write_todo
 from voicefleet.tasks.runtime import Resources, check_store_for_cluster, ensure_ray
 from voicefleet.tasks.shards import index_glob, job_prefix
+from voicefleet.tasks.principal import resolve_principal
 from voicefleet.tasks.storage import Store, safe_id
 
 from .progress import report
@@ -93,14 +94,19 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
                   batch_size: int = 16, lines_per_shard: int = 256, retry_failed: bool = False,
                   max_chars: int = DEFAULT_MAX_CHARS, voice_cache: int = 4, plan: Plan | None = None,
-                  precision: str | None = None, qc: dict | None = None, post: dict | None = None) -> dict:
+                  precision: str | None = None, qc: dict | None = None, post: dict | None = None,
+                  local: bool = False) -> dict:
     """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
 
+    `principal` is a signed principal token (tasks/principal.py), verified here; a plain name is
+    accepted only with `local=True` (or VOICEFLEET_LOCAL_MODE=1).
     `plan`: the result of `make_plan` when the caller already read the script (the CLI does).
     `precision`: fp32 | bf16 | fp16 | int8 (None: bf16 on a GPU, fp32 on CPU).
     `qc` / `post`: QCConfig / PostConfig fields (quality control, loudness, pads, target length).
     """
-    principal = check_principal(principal)
+    who = resolve_principal(token=principal, local=local) if principal.startswith("vf1.") else \
+        resolve_principal(name=principal, local=local)
+    principal = who.name
     qc_cfg, post_cfg = QCConfig(**(qc or {})), PostConfig(**(post or {}))
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,
                               voice_cache=voice_cache, resources=Resources(num_cpus=num_cpus, num_gpus=num_gpus),
@@ -115,12 +121,14 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
             started = dt.datetime.now(dt.timezone.utc).isoformat()
             job_key = f"{job_prefix(job_id)}/job.json"
             job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
-            job.update(script=plan.url, principal=principal, lines=plan.lines, status="running",
+            job.update(script=plan.url, principal=principal, principal_via=who.via, lines=plan.lines, status="running",
                        voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason}
                                for v, d in plan.decisions.items()}, qc=asdict(qc_cfg), post=asdict(post_cfg))
             job["runs"].append({"started_at": started, "retry_failed": retry_failed})
             run = len(job["runs"])
             s.write_json(job_key, job)
+            audit.append(s, "render_started", principal, job=job_id, lines=plan.lines, detail={"via": who.via, "voices": {
+                v: {"allowed": d.allowed, "version": d.version} for v, d in plan.decisions.items()}})
             counts = render(store, job_id, plan, settings, run, retry_failed, bert_dir_of(pretrained))
             lease.check()
             totals = finish(store, job_id)
@@ -130,6 +138,8 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
                                    failed=counts.failed, refused=counts.refused, truncated=counts.truncated,
                                    skipped=counts.skipped)
             s.write_json(job_key, job)
+            audit.append(s, "render_finished", principal, job=job_id, lines=counts.ok, detail={
+                "voices": {v: {"version": d.version} for v, d in plan.decisions.items() if d.allowed}, **totals})
     finally:
         plan.cleanup()
     summary = {"job_id": job_id, "status": job["status"], "lines": plan.lines, **totals, "skipped_this_run": counts.skipped,

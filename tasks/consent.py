@@ -19,11 +19,12 @@ An example record (``schema_version`` may be left out; it defaults to 1)::
     }
 
 ``scope.sharing`` is ``"private"`` (only the owner may render), ``"org"``, ``"public"``, or a list
-of principals allowed to render with the voice. Times must carry a time zone.
+of principals: the most the owner may grant (tasks/access.py holds the one sharing model). Times
+must carry a time zone.
 
-Checking that the consent clip really is the enrolled speaker saying the consent phrase belongs to
-the voice-safety work; :func:`verify_consent_clip` is where it goes. Today it only proves the clip
-exists and decodes, and says "not verified" in its result.
+:func:`verify_consent_clip` proves the clip exists, decodes and can hold a phrase ("not verified");
+checking that it really is the enrolled speaker saying the consent phrase needs the decoded takes,
+so ingest runs it afterwards: tasks/consent_verify.py, whose verdict is stored with the version.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ import enum
 import json
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import fsspec
-import numpy as np
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -49,6 +49,7 @@ from pydantic import (
     model_validator,
 )
 
+from .access import Sharing, check_sharing
 from .audio import AudioDecodeError, load_audio
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ __all__ = [
 ]
 
 CONSENT_FILE = "consent.json"
-SHARING_LEVELS = ("private", "org", "public")
 # Rate the consent clip is decoded at: what speaker-embedding and ASR checks take.
 CLIP_SAMPLE_RATE = 16_000
 # A spoken consent phrase cannot fit in less than this.
@@ -75,8 +75,7 @@ MIN_CLIP_SECONDS = 1.0
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Principal = NonEmpty
-"""Who may act: a user, group or service account name as the grants module spells it."""
-Sharing = Union[Literal["private", "org", "public"], list[Principal]]
+"""Who may act: a user, group or service account name as tasks/access.py spells it."""
 
 
 class ConsentError(ValueError):
@@ -103,23 +102,12 @@ class ConsentScope(BaseModel):
     training: bool
     """May a voice be trained from the recordings."""
     sharing: Sharing = "private"
-    """Who may render with the voice: a level, or the principals allowed besides the owner."""
+    """The most the owner may grant: a level, or the principals allowed besides the owner."""
 
     @field_validator("sharing", mode="before")
     @classmethod
     def _sharing_is_level_or_principals(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in SHARING_LEVELS:
-            raise ValueError(f"must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an empty list of principals shares with no one: use 'private'")
-            bad = [p for p in value if not isinstance(p, str) or not p.strip()]
-            if bad:
-                raise ValueError(f"principals must be non-empty strings, got {bad[0]!r}")
-            return [p.strip() for p in value]
-        if not isinstance(value, str):
-            raise ValueError(f"must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
-        return value
+        return check_sharing(value)
 
 
 class Consent(BaseModel):
@@ -141,6 +129,9 @@ class Consent(BaseModel):
     """File name of the consent recording, relative to the speaker folder."""
     consent_phrase: NonEmpty
     """The words the speaker says in the consent clip."""
+    approved_by: Principal | None = None
+    """An operator who listened to the clip and approved the phrase: required where no ASR model
+    exists for the speaker's language (tasks/consent_verify.py), recorded in the verdict."""
 
     @field_validator("consent_clip")
     @classmethod
@@ -164,6 +155,12 @@ class Consent(BaseModel):
         """True until ``expires_at`` (always, when there is none)."""
         now = now or datetime.now(timezone.utc)
         return self.expires_at is None or now < self.expires_at
+
+
+def registry_terms(snapshot: Mapping[str, Any]) -> dict[str, datetime | None]:
+    """The consent times the registry enforces at render, from a consent snapshot (`model_dump`)."""
+    consent = Consent.model_validate(snapshot)
+    return {"consent_granted_at": consent.granted_at, "consent_expires_at": consent.expires_at}
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -252,20 +249,13 @@ def verify_consent_clip(
     *,
     store: Store | None = None,
     fs: fsspec.AbstractFileSystem | None = None,
-    enrollment_audio: Sequence[np.ndarray] = (),
 ) -> ConsentClipCheck:
-    """Check the consent clip: the hook for proving the speaker said the consent phrase.
+    """Check the consent clip exists and decodes (the speaker and phrase checks: tasks/consent_verify.py).
 
-    Today it checks that ``consent.consent_clip`` exists inside ``speaker_dir``, decodes, and is
-    long enough to hold a spoken phrase, and returns ``ClipVerdict.NOT_VERIFIED``. The voice-safety
-    work completes it here, keeping this signature:
-
-    * same speaker: embed the clip and ``enrollment_audio`` (16 kHz mono arrays of the speaker's
-      accepted takes) and compare, filling ``speaker_similarity``;
-    * phrase spoken: transcribe the clip and compare with ``consent.consent_phrase``, filling
-      ``phrase_match``;
-    * ``VERIFIED`` when both pass, else ``REJECTED`` with the measured values in ``detail``
-      ("consent clip does not match the enrolled speaker (similarity 0.41 < 0.75)").
+    It checks that ``consent.consent_clip`` exists inside ``speaker_dir``, decodes, and is
+    long enough to hold a spoken phrase, and returns ``ClipVerdict.NOT_VERIFIED``: whether it is
+    the enrolled speaker saying the phrase needs the speaker's decoded takes, so
+    `consent_verify.verify_upload_consent` decides that once ingest has them.
 
     Args:
         consent: the speaker's parsed record.
@@ -273,12 +263,10 @@ def verify_consent_clip(
             consent.json.
         store: the object store holding the enrollment data, when ``speaker_dir`` is a key.
         fs: the filesystem holding it; inferred from the path when neither is given.
-        enrollment_audio: the speaker's enrollment clips, unused until the speaker check lands.
 
     Raises:
         ConsentError: the clip is missing, not audio, or shorter than ``MIN_CLIP_SECONDS``.
     """
-    del enrollment_audio  # reserved for the speaker-similarity check
     fs, folder = _split_location(speaker_dir, fs, store)
     speaker = _speaker_name(folder)
     clip_path = posixpath.join(folder, consent.consent_clip)

@@ -41,6 +41,7 @@ class SpeakerResult(BaseModel):
     owner: str | None = None
     sharing: str | list[str] | None = None
     consent: dict = Field(default_factory=dict)
+    consent_check: dict = Field(default_factory=dict)  # the consent clip's verdict, stored with the version
     ref_text: str | None = None
     ref_language: str | None = None
     prompt_tokens: list[int] = Field(default_factory=list)
@@ -72,6 +73,7 @@ def prepare_speaker(src_uri: str, store_uri: str, speaker: str, base_spec: str, 
     source_hash = digest.hexdigest()
     common = dict(speaker_id=speaker, source_hash=source_hash, owner=upload.consent.owner,
                   sharing=upload.consent.scope.sharing, consent=upload.consent.model_dump(mode="json"),
+                  consent_check=upload.consent_check,
                   seconds=round(upload.seconds, 2), warnings=upload.file_problems)
     if known_hash == source_hash:
         return SpeakerResult(status="unchanged", reasons=["same audio, text and consent as the current version"], **common)

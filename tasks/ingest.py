@@ -17,6 +17,8 @@ from pydantic import BaseModel
 
 from .audio import AudioDecodeError, load_audio
 from .consent import Consent, ConsentError, load_consent
+from .consent_verify import verdict_record, verify_upload_consent
+from .watermark import SyntheticAudio, refuse_marked
 from .storage import InvalidId, Store, safe_id
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
@@ -33,6 +35,7 @@ class QCConfig(BaseModel):
     max_clipped_fraction: float = 0.001
     ref_min_s: float = 3.0
     ref_max_s: float = 10.0
+    allow_synthetic: bool = False  # accept audio carrying voicefleet's watermark (test corpora made with TTS)
 
 
 class RejectedSpeaker(ValueError):
@@ -62,6 +65,7 @@ class SpeakerUpload:
     utterances: list[Utterance]
     reference: Utterance  # 3–10 s clip that prompts the model at inference
     file_problems: list[str] = field(default_factory=list)  # files skipped, with reasons
+    consent_check: dict = field(default_factory=dict)  # the consent clip's verdict (tasks/consent_verify.py)
 
     @property
     def seconds(self) -> float:
@@ -174,5 +178,14 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None) -> Spea
     total = sum(u.seconds for u in utts)
     if total < qc.min_total_s:
         raise RejectedSpeaker(speaker, [f"only {total:.1f} s of accepted speech (< {qc.min_total_s:g} s)"] + problems)
+    # voice safety: no rendered (watermarked) audio; the consent clip is this speaker saying the phrase
+    try:
+        if not qc.allow_synthetic:
+            refuse_marked([(u.file, u.audio) for u in utts], SR)
+        check = verify_upload_consent(src, speaker, consent, [u.audio for u in utts], SR, [u.language for u in utts])
+    except SyntheticAudio as e:
+        raise RejectedSpeaker(speaker, [str(e)]) from e
+    except ConsentError as e:
+        raise RejectedSpeaker(speaker, [e.reason]) from e
     ref = choose_reference(utts, qc)
-    return SpeakerUpload(speaker, consent, utts, ref, problems)
+    return SpeakerUpload(speaker, consent, utts, ref, problems, consent_check=verdict_record(check))

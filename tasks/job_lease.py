@@ -25,7 +25,6 @@ import socket
 import threading
 import uuid
 
-from .registry import _create_local
 from .shards import job_prefix
 from .storage import Store
 
@@ -107,20 +106,9 @@ class JobLease:
         return self
 
     def _create(self, key: str, data: bytes) -> bool:
-        try:
-            if self.store.is_local:
-                _create_local(self.store.fs_path(key), data)
-            elif self.store.protocol in ("s3", "s3a"):
-                self.store.fs.pipe_file(self.store.fs_path(key), data, mode="create")
-            else:
-                if self.store.exists(key):
-                    return False
-                self.store.write_bytes(key, data)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # S3 409: a concurrent conditional write of the same key
-            return False
+        # exclusive create (Store.create_bytes); a store that cannot refuse a second create is
+        # accepted here: the lease's generation number still orders the runs
+        return self.store.create_bytes(key, data, allow_unsafe=True)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):

@@ -20,48 +20,41 @@ lost and no lock is ever held, so a crashed writer blocks no one. Reading a reco
 of `registry/<voice_id>/` plus one read; `list()` costs one listing of `registry/` plus one read
 per voice.
 
-Exclusive create, per backend:
+Exclusive create is `Store.create_bytes` (tasks/storage.py): a hidden temp file + `os.link` on a
+local folder, a conditional PUT (`If-None-Match: *`) on S3 (probed once per process: a server that
+ignores the header raises `UnsafeStore`), and "check, then write" on any other protocol only with
+`allow_unsafe_writes=True` (single writer).
 
-- local folder: the bytes go to a hidden temp file, then `os.link(temp, key)`, which fails with
-  `FileExistsError` when the key exists; the record appears complete or not at all.
-- S3: a conditional PUT, `If-None-Match: *` (s3fs `pipe_file(..., mode="create")`): S3 answers
-  412 when the key exists, and 409 when a concurrent conditional write is in flight (retried).
-  AWS S3 has supported this since 2024-08; moto 5.2 and current MinIO do too. An S3-compatible
-  server that silently *ignores* the header would turn every create into an overwrite, so before
-  the first write the registry probes it once (create the same scratch key twice, expect a
-  refusal; once per process and store) and raises `UnsafeStore` if the server does not refuse.
-- any other fsspec protocol: `UnsafeStore`, unless the registry is built with
-  `allow_unsafe_writes=True` -- then a create is "check that the key is absent, then write",
-  which is correct only with a single writer at a time (e.g. one enrollment flow, no concurrent
-  grant changes).
-
-A create whose response was lost and retried by the client can come back as "already exists" even
-though it was ours; the registry reads the object back and compares bytes before calling it a
-conflict.
-
-Authorization (`authorize`): a principal may render with a voice if it is the owner, the consent's
-sharing scope admits it ("public"; a list naming it; "org" when an `org_of` resolver says both are
-in the same organisation), or it holds an unexpired grant -- and the voice has a current version.
-Every refusal says what to do about it.
+Authorization (`authorize`) is the rule of tasks/access.py: the speaker's consent (not withdrawn,
+not expired) and its sharing scope bound everything; the owner renders; anyone else needs an
+active grant that the scope admits; and the voice needs a current version. Every refusal says what
+to do about it.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import random
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from .storage import _TEMP_PREFIX, Store, safe_id
+from .access import (
+    Decision,
+    InvalidPrincipal,
+    OrgResolver,
+    Sharing,
+    check_principal,
+    check_sharing,
+    decide,
+    email_domain,
+    grant_refusal,
+)
+from .storage import Store, UnsafeStore, safe_id
 
 __all__ = [
     "Decision",
@@ -81,6 +74,7 @@ __all__ = [
     "VersionRecord",
     "VoiceRecord",
     "VoiceRegistry",
+    "ConsentWithdrawn",
     "check_principal",
     "decide",
     "email_domain",
@@ -89,16 +83,11 @@ __all__ = [
 REGISTRY_PREFIX = "registry"
 VOICES_PREFIX = "voices"
 STATUSES = ("queued", "training", "ready", "failed")
-SHARING_LEVELS = ("private", "org", "public")
 REQUIRED_FILES = ("gpt", "sovits")
-MAX_PRINCIPAL_LENGTH = 256
 
 Status = Literal["queued", "training", "ready", "failed"]
-Sharing = Union[Literal["private", "org", "public"], list[str]]
-"""Who besides the owner may render, as the speaker's consent says: a level or named principals."""
 
 _REVISION_FILE = re.compile(r"rev-(\d+)\.json")
-_VERIFIED_STORES: set[str] = set()  # S3 stores whose conditional PUT this process has seen refuse
 _VERSION_DIR = re.compile(r"v(\d+)")
 
 
@@ -127,10 +116,6 @@ class UnknownVersion(RegistryError, KeyError):
         return str(self.args[0])
 
 
-class InvalidPrincipal(RegistryError, ValueError):
-    """A principal that is empty, too long, or contains control characters."""
-
-
 class InvalidStatus(RegistryError, ValueError):
     """An unknown status, or "ready" for a voice that has no version."""
 
@@ -140,7 +125,11 @@ class OwnerMismatch(RegistryError, ValueError):
 
 
 class InvalidGrant(RegistryError, ValueError):
-    """A grant that would already be expired when written."""
+    """A grant that would already be expired when written, or that the consent scope does not admit."""
+
+
+class ConsentWithdrawn(RegistryError, ValueError):
+    """The speaker withdrew consent; only a consent granted after the withdrawal re-enrolls the voice."""
 
 
 class MissingVersionFile(RegistryError, FileNotFoundError):
@@ -151,43 +140,11 @@ class RegistryConflict(RegistryError, RuntimeError):
     """Too many concurrent writers on one voice: the update was retried `max_attempts` times."""
 
 
-class UnsafeStore(RegistryError, RuntimeError):
-    """The store cannot create an object only-if-absent, so concurrent updates could be lost."""
-
-
 # -- records --------------------------------------------------------------------------------
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def check_principal(value: object) -> str:
-    """Return `value` stripped if it is a usable principal name, else raise `InvalidPrincipal`.
-
-    Principals are names like ``user:ada@example.com`` or ``svc:render-bot``; unlike ids they are
-    never used as path parts, so only emptiness, length and control characters are refused.
-    """
-    if not isinstance(value, str):
-        raise InvalidPrincipal(f"principal must be a string, got {type(value).__name__} {value!r}")
-    name = value.strip()
-    if not name:
-        raise InvalidPrincipal(f"principal is empty ({value!r})")
-    if len(name) > MAX_PRINCIPAL_LENGTH:
-        raise InvalidPrincipal(f"principal {name[:40]!r}... is {len(name)} characters long (max {MAX_PRINCIPAL_LENGTH})")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise InvalidPrincipal(f"principal {name!r} contains a control character")
-    return name
-
-
-def _check_sharing(value: Any) -> Sharing:
-    if isinstance(value, str):
-        if value not in SHARING_LEVELS:
-            raise ValueError(f"sharing must be one of {', '.join(SHARING_LEVELS)} or a list of principals, got {value!r}")
-        return value  # type: ignore[return-value]
-    if isinstance(value, (list, tuple)) and value:
-        return [check_principal(p) for p in value]
-    raise ValueError(f"sharing must be one of {', '.join(SHARING_LEVELS)} or a non-empty list of principals, got {value!r}")
 
 
 class Grant(BaseModel):
@@ -222,6 +179,8 @@ class NewVersion(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict)
     consent: dict[str, Any] = Field(default_factory=dict)
     """Snapshot of the consent record the version was trained under."""
+    consent_check: dict[str, Any] = Field(default_factory=dict)
+    """The consent clip's verdict with its measured figures (tasks/consent_verify.py)."""
 
     @field_validator("files")
     @classmethod
@@ -254,6 +213,11 @@ class VoiceRecord(BaseModel):
     versions: list[int] = Field(default_factory=list)
     sharing: Sharing = "private"
     grants: list[Grant] = Field(default_factory=list)
+    consent_expires_at: AwareDatetime | None = None
+    """From the speaker's consent.json: no render from this moment on."""
+    withdrawn_at: AwareDatetime | None = None
+    """When the speaker withdrew consent (`withdraw`): no render from this moment on."""
+    withdrawn_by: str | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime
     revision: int = Field(default=0, ge=0)
@@ -264,7 +228,7 @@ class VoiceRecord(BaseModel):
     @field_validator("sharing", mode="before")
     @classmethod
     def _sharing(cls, value: Any) -> Any:
-        return _check_sharing(value)
+        return check_sharing(value)
 
     def grant_for(self, principal: str) -> Grant | None:
         return next((g for g in self.grants if g.principal == principal), None)
@@ -272,50 +236,6 @@ class VoiceRecord(BaseModel):
     def replace(self, **changes: Any) -> VoiceRecord:
         """A validated copy with `changes` applied."""
         return VoiceRecord.model_validate({**self.model_dump(), **changes})
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a principal may render with a voice, and why (a sentence a person can act on)."""
-
-    allowed: bool
-    reason: str
-
-
-OrgResolver = Callable[[str], "str | None"]
-
-
-def email_domain(principal: str) -> str | None:
-    """An `org_of` resolver: the domain of an e-mail principal (``user:ada@example.com`` -> example.com)."""
-    _, at, domain = principal.rpartition("@")
-    return domain.lower() if at and domain else None
-
-
-def decide(record: VoiceRecord, principal: str, at: datetime, org_of: OrgResolver | None = None) -> Decision:
-    """The authorization rule, on a record already read (see `VoiceRegistry.authorize`)."""
-    voice, owner = record.voice_id, record.owner
-    if principal == owner:
-        why = f"principal {principal} owns voice {voice}"
-    elif record.sharing == "public":
-        why = f"voice {voice} is shared publicly"
-    elif isinstance(record.sharing, list) and principal in record.sharing:
-        why = f"voice {voice} is shared with {principal}"
-    elif record.sharing == "org" and org_of is not None and (org := org_of(owner)) and org_of(principal) == org:
-        why = f"voice {voice} is shared with organisation {org}"
-    elif (grant := record.grant_for(principal)) is not None and grant.active(at):
-        until = f" until {grant.expires_at.isoformat()}" if grant.expires_at else ""
-        why = f"principal {principal} has a grant for voice {voice}{until}"
-    elif grant is not None:
-        assert grant.expires_at is not None
-        return Decision(False, f"principal {principal}'s grant for voice {voice} expired at "
-                               f"{grant.expires_at.isoformat()} (owner {owner})")
-    else:
-        return Decision(False, f"principal {principal} has no grant for voice {voice} (owner {owner})")
-
-    if record.current_version is None:
-        detail = f"{record.status}: {record.status_reason}" if record.status_reason else record.status
-        return Decision(False, f"voice {voice} is not ready (status {detail})")
-    return Decision(True, f"{why}; renders version {record.current_version}")
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -344,7 +264,6 @@ class VoiceRegistry:
         self.org_of = org_of
         self.max_attempts = max_attempts
         self.allow_unsafe_writes = allow_unsafe_writes
-        self._create_checked = False
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -391,22 +310,35 @@ class VoiceRegistry:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def ensure_voice(self, voice_id: str, owner: str, sharing: Sharing = "private") -> VoiceRecord:
-        """Register the voice (status "queued") or, if it exists, bring its sharing up to date.
+    def ensure_voice(self, voice_id: str, owner: str, sharing: Sharing = "private", *,
+                     consent_granted_at: datetime | None = None,
+                     consent_expires_at: datetime | None = None) -> VoiceRecord:
+        """Register the voice (status "queued") or, if it exists, bring its consent terms up to date.
 
-        Raises `OwnerMismatch` if the voice is registered to another owner.
+        Raises `OwnerMismatch` if the voice is registered to another owner, and `ConsentWithdrawn`
+        if the speaker withdrew consent and `consent_granted_at` is not after the withdrawal (a
+        newer consent clears the withdrawal).
         """
         voice_id = safe_id(voice_id, "voice id")
         owner = check_principal(owner)
-        sharing = _check_sharing(sharing)
+        sharing = check_sharing(sharing)
+        terms = {"sharing": sharing, "consent_expires_at": consent_expires_at}
 
         def change(record: VoiceRecord | None) -> VoiceRecord | None:
             if record is None:
                 now = _now()
-                return VoiceRecord(voice_id=voice_id, owner=owner, sharing=sharing, created_at=now, updated_at=now)
+                return VoiceRecord(voice_id=voice_id, owner=owner, created_at=now, updated_at=now, **terms)
             if record.owner != owner:
                 raise OwnerMismatch(f"voice {voice_id} is owned by {record.owner}, not {owner}")
-            return None if record.sharing == sharing else record.replace(sharing=sharing)
+            updated = dict(terms)
+            if record.withdrawn_at is not None:
+                if consent_granted_at is None or consent_granted_at <= record.withdrawn_at:
+                    raise ConsentWithdrawn(
+                        f"voice {voice_id}: the speaker withdrew consent at {record.withdrawn_at.isoformat()}; "
+                        "only a consent.json granted after that can enroll the voice again")
+                updated.update(withdrawn_at=None, withdrawn_by=None)
+            same = all(getattr(record, k) == v for k, v in updated.items())
+            return None if same else record.replace(**updated)
 
         return self._update(voice_id, change, create=True)
 
@@ -436,11 +368,12 @@ class VoiceRegistry:
             if check_files and not self.store.exists(key):
                 raise MissingVersionFile(f"voice {voice_id}: version file {name} {self.store.url(key)} does not exist")
 
-        self._check_exclusive_create()
+        self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
         n = max(self.get(voice_id).versions, default=0) + 1
         while True:
             version = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
-            if self._create(_version_key(voice_id, n), _to_json(version)):
+            if self.store.create_bytes(_version_key(voice_id, n), _to_json(version),
+                                       allow_unsafe=self.allow_unsafe_writes):
                 break
             n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
 
@@ -463,7 +396,12 @@ class VoiceRegistry:
         return self._update(voice_id, change)
 
     def grant(self, voice_id: str, principal: str, expires_at: datetime | None = None) -> VoiceRecord:
-        """Let `principal` render with the voice (until `expires_at`); replaces an earlier grant."""
+        """Let `principal` render with the voice (until `expires_at`); replaces an earlier grant.
+
+        Raises `InvalidGrant` when the speaker's consent scope does not admit `principal`
+        (tasks/access.py), or `expires_at` is not in the future. Who may call this is the
+        caller's check (`access.may_manage`).
+        """
         principal = check_principal(principal)
         now = _now()
         if expires_at is not None and _aware(expires_at, "expires_at") <= now:
@@ -472,6 +410,9 @@ class VoiceRegistry:
         grant = Grant(principal=principal, granted_at=now, expires_at=expires_at)
 
         def change(record: VoiceRecord) -> VoiceRecord:
+            refusal = grant_refusal(record.sharing, record.owner, principal, self.org_of)
+            if refusal is not None:
+                raise InvalidGrant(f"cannot grant voice {voice_id} to {principal}: {refusal}")
             others = [g for g in record.grants if g.principal != principal]
             return record.replace(grants=[*others, grant])
 
@@ -490,6 +431,18 @@ class VoiceRegistry:
         self._update(voice_id, change)
         return removed
 
+    def withdraw(self, voice_id: str, by: str, at: datetime | None = None) -> VoiceRecord:
+        """Record that the speaker withdrew consent: every render job started after `at` is refused."""
+        by = check_principal(by)
+        at = _aware(at or _now(), "at")
+
+        def change(record: VoiceRecord) -> VoiceRecord | None:
+            if record.withdrawn_at is not None and record.withdrawn_at <= at:
+                return None  # already withdrawn; the first withdrawal stands
+            return record.replace(withdrawn_at=at, withdrawn_by=by)
+
+        return self._update(voice_id, change)
+
     # -- optimistic concurrency ------------------------------------------------------------
 
     def _update(
@@ -506,7 +459,7 @@ class VoiceRegistry:
         beyond its return value.
         """
         voice_id = safe_id(voice_id, "voice id")
-        self._check_exclusive_create()
+        self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
         for attempt in range(self.max_attempts):
             current = self._load(voice_id)
             if current is None and not create:
@@ -518,7 +471,8 @@ class VoiceRegistry:
             revision = (current.revision if current else 0) + 1
             updated = updated.replace(revision=revision, write_id=uuid.uuid4().hex,
                                       updated_at=max(_now(), updated.created_at))
-            if self._create(_record_key(voice_id, revision), _to_json(updated)):
+            if self.store.create_bytes(_record_key(voice_id, revision), _to_json(updated),
+                                       allow_unsafe=self.allow_unsafe_writes):
                 return updated
             time.sleep(random.uniform(0.005, 0.02) * min(attempt + 1, 10))
         raise RegistryConflict(f"voice {voice_id}: gave up after {self.max_attempts} concurrent-update conflicts")
@@ -534,64 +488,6 @@ class VoiceRegistry:
         if record.revision != revision:  # a copied or hand-edited file: trust its name
             record = record.replace(revision=revision)
         return record
-
-    # -- exclusive create ------------------------------------------------------------------
-
-    def _create(self, key: str, data: bytes) -> bool:
-        """Write `data` at `key` only if absent. True if we wrote it, False if someone else did."""
-        store = self.store
-        try:
-            if store.is_local:
-                _create_local(store.fs_path(key), data)
-            elif store.protocol in ("s3", "s3a"):
-                store.fs.pipe_file(store.fs_path(key), data, mode="create")
-            else:  # allow_unsafe_writes: check, then write (single writer only)
-                if store.exists(key):
-                    return False
-                store.write_bytes(key, data)
-            return True
-        except FileExistsError:
-            pass
-        except OSError as e:
-            if e.errno != errno.EBUSY:  # S3 409 ConditionalRequestConflict: a concurrent create
-                raise
-            return False
-        try:  # a retried request whose first attempt succeeded also lands here
-            return store.read_bytes(key) == data
-        except FileNotFoundError:
-            return False
-
-    def _check_exclusive_create(self) -> None:
-        """Refuse (`UnsafeStore`) a store on which "create only if absent" is not enforced."""
-        store = self.store
-        if self._create_checked or store.is_local or store.uri in _VERIFIED_STORES:
-            self._create_checked = True
-            return
-        if store.protocol not in ("s3", "s3a"):
-            if not self.allow_unsafe_writes:
-                raise UnsafeStore(
-                    f"store {store.uri}: protocol {store.protocol!r} has no exclusive create the registry "
-                    "knows; use a local folder or S3, or pass allow_unsafe_writes=True for a single writer")
-        else:
-            probe = f"{REGISTRY_PREFIX}/_probe/{uuid.uuid4().hex}.json"
-            try:
-                store.fs.pipe_file(store.fs_path(probe), b"1", mode="create")
-                try:
-                    store.fs.pipe_file(store.fs_path(probe), b"2", mode="create")
-                    enforced = False
-                except FileExistsError:
-                    enforced = True
-            finally:
-                store.delete(probe)
-            if enforced:
-                _VERIFIED_STORES.add(store.uri)
-            elif not self.allow_unsafe_writes:
-                raise UnsafeStore(
-                    f"store {store.uri}: the S3 server ignored 'If-None-Match: *' (a second create of the same "
-                    "key succeeded), so concurrent registry updates could be lost; use AWS S3 or a server "
-                    "that honours conditional writes, or pass allow_unsafe_writes=True for a single writer")
-        self._create_checked = True
-
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -616,22 +512,6 @@ def _parse_record_key(key: str) -> tuple[str, int] | None:
         return safe_id(parts[1]), int(match.group(1))
     except ValueError:
         return None
-
-
-def _create_local(path: str, data: bytes) -> None:
-    """Create `path` holding `data`, or raise FileExistsError; never visible half-written."""
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.link(tmp, path)  # atomic; fails if `path` exists
-    finally:
-        os.unlink(tmp)
 
 
 def _to_json(model: BaseModel) -> bytes:

@@ -25,8 +25,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from . import watermark
 from .audio import encode_flac, load_audio, peak_dbfs, rms_dbfs
 from .checked_lines import render_checked
+from .fingerprint import index_rendered
 from .fault_isolation import synthesize_isolated, with_backoff
 from .index_schema import RESULT_SCHEMA, SUMMARY_SCHEMA
 from .line_qc import LineQC, QCConfig
@@ -200,9 +202,10 @@ class SynthesizeLines:
             self.metrics.line(status)
             return row
         truncated = bool(row.get("truncated"))
-        peak, rms = peak_dbfs(audio.wav), rms_dbfs(audio.wav)
+        wav = watermark.mark(audio.wav, audio.sample_rate)  # voice safety: every line carries the mark
+        peak, rms = peak_dbfs(wav), rms_dbfs(wav)
         row.update(peak_dbfs=peak if np.isfinite(peak) else None, rms_dbfs=rms if np.isfinite(rms) else None,
-                   rtf=rtf, truncated=truncated, flac=encode_flac(audio.wav, audio.sample_rate))
+                   rtf=rtf, truncated=truncated, flac=encode_flac(wav, audio.sample_rate))
         if truncated and not row.get("qc_reasons"):
             row.update(qc_passed=False, qc_reasons=f"truncated: a sentence hit the runaway-length guard "
                                                    f"({self.settings.max_tokens_per_phone:g} tokens per phone)")
@@ -219,6 +222,7 @@ def write_shard_batch(batch: pa.Table, store_uri: str, job_id: str, retries: int
     items = [(r, r.pop("flac")) for r in rows]
     store = Store(store_uri)
     name = content_name(items)
+    index_rendered(store, job_id, name, items)  # voice safety: fingerprints before the index part
     written = with_backoff(lambda: write_shard(store, job_id, name, items, replace=True), retries, backoff_s)
     return pa.Table.from_pylist([{c: w[c] for c in SUMMARY_SCHEMA.names} for w in written], schema=SUMMARY_SCHEMA)
 

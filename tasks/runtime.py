@@ -1,8 +1,15 @@
 """Ray runtime: a local cluster by default, an existing cluster when RAY_ADDRESS is set.
 
 Heavy work (feature extraction, fine-tuning, synthesis) runs in Ray tasks and actors with explicit
-resource requests; this module starts Ray once per process, forwards the object-store settings
-(AWS_* variables) to workers, and reports the dashboard URL for the CLI to print.
+resource requests; this module starts Ray once per process and reports the dashboard URL for the
+CLI to print.
+
+Secrets never travel through Ray: a `runtime_env` is stored in the GCS and shown on the dashboard.
+Workers get credentials from their own environment or role -- on a local cluster they are children
+of `ray.init` and inherit the driver's environment as it is at that moment; on KubeRay every pod
+gets them from a Secret (`envFrom`) or an IAM role (IRSA), see the README. When joining an existing
+cluster only non-secret settings are forwarded (`worker_env`): the S3 endpoint and region, and
+voicefleet's own switches.
 """
 from __future__ import annotations
 
@@ -12,7 +19,9 @@ from dataclasses import dataclass
 
 import ray
 
-FORWARDED_ENV_PREFIXES = ("AWS_", "FSSPEC_", "VOICEFLEET_", "HF_", "TRANSFORMERS_")
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+FORWARDED_ENV_PREFIXES = ("VOICEFLEET_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 _dashboard: str | None = None  # from ray.init's context, kept for later calls
 
 
@@ -32,7 +41,10 @@ class Resources:
 
 
 def worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """Non-secret settings a worker of an existing cluster needs: endpoint, region, voicefleet switches."""
+    return {k: v for k, v in os.environ.items()
+            if (k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES))
+            and not any(word in k.upper() for word in _SECRET_WORDS)}
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str | None:
@@ -41,13 +53,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str |
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs: dict = dict(
-            runtime_env={"env_vars": worker_env()},
             logging_level=logging.WARNING,
             log_to_driver=os.environ.get("VOICEFLEET_RAY_LOGS", "0") == "1",
             configure_logging=True,
         )
-        if address:
-            ctx = ray.init(address=address, **kwargs)
+        if address:  # an existing cluster: its workers have their own environment and credentials
+            ctx = ray.init(address=address, runtime_env={"env_vars": worker_env()}, **kwargs)
         else:
             ctx = ray.init(num_cpus=num_cpus, include_dashboard=os.environ.get("VOICEFLEET_DASHBOARD", "1") == "1",
                            **kwargs)

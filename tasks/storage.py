@@ -8,6 +8,20 @@ local folder and S3 behave the same; the one difference is how a write is made a
 - any other protocol (S3, ...): one `pipe_file`/`put_file` call, and an object store makes an
   object visible only once its upload (single PUT or completed multipart) has succeeded.
 
+Create-if-absent (`create_bytes`) is what the registry's revisions and the audit log's sequence
+numbers stand on: exactly one of two writers racing for a key wins.
+
+- local folder: the bytes go to a hidden temp file, then `os.link(temp, key)`, which fails with
+  `FileExistsError` when the key exists; the object appears complete or not at all.
+- S3: a conditional PUT, `If-None-Match: *` (s3fs `pipe_file(..., mode="create")`): S3 answers
+  412 when the key exists, and 409 when a concurrent conditional write is in flight. AWS S3 has
+  supported this since 2024-08; moto 5.2 and current MinIO do too. A server that silently
+  *ignores* the header would turn every create into an overwrite, so before the first create the
+  store probes it once per process (create the same scratch key twice, expect a refusal) and
+  raises `UnsafeStore` if the server does not refuse.
+- any other fsspec protocol: `UnsafeStore`, unless `allow_unsafe=True` -- then a create is
+  "check that the key is absent, then write", correct only with a single writer at a time.
+
 S3 settings come from `storage_options` and from the standard AWS environment. The endpoint
 (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`) and region (`AWS_REGION`, else
 `AWS_DEFAULT_REGION`) are read when the Store is built and travel with it when it is pickled
@@ -19,11 +33,13 @@ A Store pickles to its URI and options only; its filesystem is rebuilt lazily on
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO
 
@@ -35,6 +51,8 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _LOCAL_PROTOCOLS = ("file", "local")
 _TEMP_PREFIX = ".vf-tmp-"
 _SECRET_OPTIONS = ("key", "secret", "token", "password")
+_PROBE_PREFIX = "_probe"
+_VERIFIED_STORES: set[str] = set()  # S3 stores whose conditional PUT this process has seen refuse
 
 
 class InvalidId(ValueError):
@@ -43,6 +61,10 @@ class InvalidId(ValueError):
 
 class InvalidKey(ValueError):
     """A storage key that would escape the store root or is not a relative path."""
+
+
+class UnsafeStore(RuntimeError):
+    """The store cannot create an object only-if-absent, so concurrent writers could overwrite each other."""
 
 
 def safe_id(value: object, kind: str = "id") -> str:
@@ -243,6 +265,66 @@ class Store:
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
 
+    def create_bytes(self, key: str, data: bytes, *, allow_unsafe: bool = False) -> bool:
+        """Write `data` at `key` only if absent: True if we wrote it, False if the key exists.
+
+        A create whose response was lost and retried by the client can come back as "exists"
+        though it was ours: the object is read back and compared before answering False.
+
+        Raises:
+            UnsafeStore: the backend cannot refuse a second create (see the module docstring)
+                and `allow_unsafe` is false.
+        """
+        self.check_exclusive_create(allow_unsafe=allow_unsafe)
+        try:
+            if self.is_local:
+                _create_local(self.fs_path(key), data)
+            elif self.protocol in ("s3", "s3a"):
+                self.fs.pipe_file(self.fs_path(key), data, mode="create")
+            else:  # allow_unsafe: check, then write (single writer only)
+                if self.exists(key):
+                    return False
+                self.write_bytes(key, data)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as e:
+            if e.errno != errno.EBUSY:  # S3 409 ConditionalRequestConflict: a concurrent create
+                raise
+            return False
+        try:  # a retried request whose first attempt succeeded also lands here
+            return self.read_bytes(key) == data
+        except FileNotFoundError:
+            return False
+
+    def check_exclusive_create(self, *, allow_unsafe: bool = False) -> None:
+        """Refuse (`UnsafeStore`) a store on which "create only if absent" is not enforced."""
+        if self.is_local or self.uri in _VERIFIED_STORES:
+            return
+        if self.protocol not in ("s3", "s3a"):
+            if not allow_unsafe:
+                raise UnsafeStore(
+                    f"store {self.uri}: protocol {self.protocol!r} has no exclusive create voicefleet "
+                    "knows; use a local folder or S3, or pass allow_unsafe_writes=True for a single writer")
+            return
+        probe = f"{_PROBE_PREFIX}/{uuid.uuid4().hex}.json"
+        try:
+            self.fs.pipe_file(self.fs_path(probe), b"1", mode="create")
+            try:
+                self.fs.pipe_file(self.fs_path(probe), b"2", mode="create")
+                enforced = False
+            except FileExistsError:
+                enforced = True
+        finally:
+            self.delete(probe)
+        if enforced:
+            _VERIFIED_STORES.add(self.uri)
+        elif not allow_unsafe:
+            raise UnsafeStore(
+                f"store {self.uri}: the S3 server ignored 'If-None-Match: *' (a second create of the same "
+                "key succeeded), so concurrent updates could be lost; use AWS S3 or a server "
+                "that honours conditional writes, or pass allow_unsafe_writes=True for a single writer")
+
     def delete(self, key: str, recursive: bool = False) -> None:
         """Remove a key (or, with `recursive`, everything below it); missing keys are fine."""
         try:
@@ -266,6 +348,22 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _create_local(path: str, data: bytes) -> None:
+    """Create `path` holding `data`, or raise FileExistsError; never visible half-written."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)  # atomic; fails if `path` exists
+    finally:
+        os.unlink(tmp)
 
 
 def _is_temp(key: str) -> bool:

@@ -3,7 +3,8 @@
 - `s3_server` (session): starts moto's S3 server on 127.0.0.1 at a free port, creates a bucket,
   and puts dummy credentials and the endpoint into `os.environ` for the rest of the session,
   so anything started later (Ray workers, Prefect, subprocesses) inherits them. Request it
-  before `ray.init` — or pass `s3_server.env` as `runtime_env={"env_vars": ...}`.
+  before `ray.init`: local workers inherit the environment (credentials never go through
+  `runtime_env`, see tasks/runtime.py).
 - `store` (function, parametrized "local" / "s3"): a fresh `Store` per test, a tmp folder or
   `s3://<bucket>/<unique prefix>`. A test that takes `store` runs once on each.
 - `local_store` / `s3_store`: one of the two, for tests that need a specific backend.

@@ -15,7 +15,7 @@ def run(*args: str):
     return result
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"], ["voices", "grant"], ["voices", "revoke"], ["voices", "withdraw"], ["audit"], ["watermark", "detect"]])
 def test_help_for_every_command(cmd):
     r = run(*cmd, "--help")
     assert r.exit_code == 0 and "--store" in r.output or cmd in ([], ["voices"])
@@ -28,52 +28,52 @@ def _script(tmp_path, text: str, name="script.csv"):
 
 
 def test_missing_script_file(tmp_path):
-    r = run("render", str(tmp_path / "nope.csv"), "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", str(tmp_path / "nope.csv"), "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "script not found" in r.output
 
 
 def test_unreadable_script(tmp_path):
     p = tmp_path / "bad.parquet"
     p.write_bytes(b"\x00\x01 definitely not parquet")
-    r = run("render", str(p), "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", str(p), "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "cannot read script" in r.output
 
 
 def test_unsupported_script_format(tmp_path):
-    r = run("render", _script(tmp_path, "x", "script.txt"), "--as", "user:a")
+    r = run("render", _script(tmp_path, "x", "script.txt"), "--as", "user:a", "--local")
     assert r.exit_code == EXIT_BAD_INPUT and "unsupported script format" in r.output
 
 
 def test_unknown_column(tmp_path):
     s = _script(tmp_path, "line_id,voice_id,text,language,mood\n1,v,hi,en,happy\n")
-    r = run("render", s, "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", s, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "unknown column(s) mood" in r.output
 
 
 def test_missing_column(tmp_path):
     s = _script(tmp_path, "line_id,voice_id,text\n1,v,hi\n")
-    r = run("render", s, "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", s, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "lacks required column(s) language" in r.output
 
 
 def test_duplicate_and_unsafe_line_ids(tmp_path):
     dup = _script(tmp_path, "line_id,voice_id,text,language\n1,v,a,en\n1,v,b,en\n")
-    r = run("render", dup, "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", dup, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "appears more than once" in r.output
     bad = _script(tmp_path, "line_id,voice_id,text,language\n../etc,v,a,en\n", "bad.csv")
-    r = run("render", bad, "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", bad, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "line_id" in r.output
 
 
 def test_unknown_voice_in_render(tmp_path):
     s = _script(tmp_path, "line_id,voice_id,text,language\n1,nobody,hi,en\n")
-    r = run("render", s, "--as", "user:a", "--store", str(tmp_path / "s"))
+    r = run("render", s, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_NOT_FOUND and "unknown voice(s) nobody" in r.output
 
 
 def test_empty_principal(tmp_path):
     s = _script(tmp_path, "line_id,voice_id,text,language\n1,v,hi,en\n")
-    r = run("render", s, "--as", "  ", "--store", str(tmp_path / "s"))
+    r = run("render", s, "--as", "  ", "--local", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "principal" in r.output
 
 
@@ -100,3 +100,28 @@ def test_enroll_missing_source_and_pretrained(tmp_path):
 def test_voices_list_on_empty_store(tmp_path):
     r = run("voices", "list", "--store", str(tmp_path / "s"))
     assert r.exit_code == 0
+
+
+def test_plain_principal_needs_local_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("VOICEFLEET_LOCAL_MODE", raising=False)
+    monkeypatch.delenv("VOICEFLEET_TOKEN", raising=False)
+    s = _script(tmp_path, "line_id,voice_id,text,language\n1,v,hi,en\n")
+    r = run("render", s, "--as", "user:a", "--store", str(tmp_path / "s"))
+    assert r.exit_code == EXIT_BAD_INPUT and "accepted only in local mode" in r.output
+    r = run("render", s, "--store", str(tmp_path / "s"))
+    assert r.exit_code == EXIT_BAD_INPUT and "no principal" in r.output
+
+
+def test_forged_principal_token_is_refused(tmp_path, monkeypatch):
+    from voicefleet.tasks.principal import mint_token
+    import datetime as dt
+
+    monkeypatch.setenv("VOICEFLEET_PRINCIPAL_KEY", "k" * 40)
+    token = mint_token("user:a", dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+    head, name, expiry, mac = token.split(".")
+    forged = ".".join([head, "dXNlcjpyb290", expiry, mac])  # "user:root" with user:a's signature
+    s = _script(tmp_path, "line_id,voice_id,text,language\n1,v,hi,en\n")
+    r = run("render", s, "--token", forged, "--store", str(tmp_path / "s"))
+    assert r.exit_code == EXIT_BAD_INPUT and "signature does not verify" in r.output
+    r = run("render", s, "--token", token, "--store", str(tmp_path / "s"))   # a good token gets past it
+    assert r.exit_code == EXIT_NOT_FOUND and "unknown voice(s) v" in r.output

@@ -113,7 +113,7 @@ def test_malformed_json(speaker_dir: Path) -> None:
     [
         ({"owner": ""}, r"owner: String should have at least 1 character"),
         ({"granted_at": "2025-03-01T09:30:00"}, r"granted_at: Input should have timezone info"),
-        ({"scope": {"training": True, "sharing": "everyone"}}, r"scope\.sharing: must be one of private, org, public"),
+        ({"scope": {"training": True, "sharing": "everyone"}}, r"scope\.sharing: sharing must be one of private, org, public"),
         ({"scope": {"training": True, "sharing": []}}, r"scope\.sharing: an empty list of principals"),
         ({"consent_clip": "../other/clip.wav"}, r"consent_clip: must be a file inside the speaker folder"),
         ({"expires_at": "2024-01-01T00:00:00Z"}, r"expires_at .* is not after granted_at"),

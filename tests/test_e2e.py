@@ -116,7 +116,7 @@ def test_enroll_then_render(enrolled, kind):
     rows.append({"line_id": "empty-1", "voice_id": voices[0], "text": "  ", "language": "en"})
     rows.append({"line_id": "klingon-1", "voice_id": voices[1], "text": "Qapla!", "language": "tlh"})
     script = write_script(store, "scripts/s1.csv", rows)
-    res = render_script(script, OWNER, store.uri, lines_per_shard=5, batch_size=8)
+    res = render_script(script, OWNER, store.uri, lines_per_shard=5, batch_size=8, local=True)
     assert res["status"] == "complete" and res["lines"] == 17
     # empty text and an unsupported language are refused by the plan, before any compute
     assert (res["ok"], res["failed"], res["refused"]) == (14, 0, 3)
@@ -132,7 +132,7 @@ def test_enroll_then_render(enrolled, kind):
         f"{job_prefix(res['job_id'])}/{r['shard']}" for r in {r["shard"]: r for r in by_id.values() if r["shard"]}.values())
 
     # another principal is refused for every line, before any compute
-    other = render_script(script, "user:mallory", store.uri, job_id="mallory-job")
+    other = render_script(script, "user:mallory", store.uri, job_id="mallory-job", local=True)
     assert other["ok"] == 0 and other["refused"] == 17
 
     # DuckDB and pyarrow read the index as it is
@@ -182,7 +182,7 @@ def test_render_killed_midway_resumes_without_duplicates(enrolled, ray_cluster, 
     rows = build_demo_script(voices, 60, seed=7)
     script = write_script(store, "scripts/kill.csv", rows)
     job = "kill-test"
-    cmd = [sys.executable, "-m", "voicefleet.flows.cli", "render", script, "--as", OWNER, "--store", store.uri,
+    cmd = [sys.executable, "-m", "voicefleet.flows.cli", "render", script, "--as", OWNER, "--local", "--store", store.uri,
            "--job", job, "--lines-per-shard", "4", "--batch-size", "4"]
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -254,7 +254,8 @@ def test_rayjob_renders_on_the_cluster(raycluster: dict[str, Any], rayjob: dict[
     assert "rayClusterSpec" not in spec
     argv = shlex.split(spec["entrypoint"])
     assert argv[:2] == ["voicefleet", "render"]
-    assert "--as" in argv and "--store" in argv   # the principal, and where the registry lives
+    assert "--store" in argv                      # where the registry lives
+    assert "--as" not in argv and "--local" not in argv   # the principal: a signed token from the head's env
 
 
 def test_rayjob_entrypoint_parses_with_the_cli() -> None:

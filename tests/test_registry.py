@@ -166,11 +166,23 @@ def test_authorize_owner_sharing_and_readiness(registry: VoiceRegistry) -> None:
     assert not refused.allowed
     assert refused.reason == f"principal {BOB} has no grant for voice alice (owner {OWNER})"
 
+    # the consent scope is the ceiling; within it, only a grant admits someone besides the owner
     registry.ensure_voice("alice", OWNER, [BOB])
+    assert not registry.authorize("alice", BOB).allowed
+    registry.grant("alice", BOB)
     assert registry.authorize("alice", BOB).allowed
-    assert not registry.authorize("alice", "user:carol@example.com").allowed
+    with pytest.raises(InvalidGrant, match=r"consent scope names only user:bob@example.com, not user:carol"):
+        registry.grant("alice", "user:carol@example.com")
+    with pytest.raises(InvalidGrant, match=r"'\*'\) needs a public consent scope"):
+        registry.grant("alice", "*")
     registry.ensure_voice("alice", OWNER, "public")
+    assert not registry.authorize("alice", "user:carol@example.com").allowed
+    registry.grant("alice", "*")
     assert registry.authorize("alice", "user:carol@example.com").allowed
+    # a narrower consent later puts earlier grants outside it
+    registry.ensure_voice("alice", OWNER, "private")
+    refused = registry.authorize("alice", BOB)
+    assert not refused.allowed and "outside the consent: the consent scope is private" in refused.reason
 
 
 def test_a_retrain_in_progress_keeps_the_current_version_renderable(registry: VoiceRegistry) -> None:
@@ -185,13 +197,17 @@ def test_org_sharing_needs_an_org_resolver(store: Store) -> None:
     plain, with_orgs = VoiceRegistry(store), VoiceRegistry(store, org_of=email_domain)
     plain.ensure_voice("alice", OWNER, "org")
     plain.add_version("alice", new_version(store, "alice"))
-    assert not plain.authorize("alice", BOB).allowed
+    with pytest.raises(InvalidGrant, match="no organisation is known for user:alice@example.com"):
+        plain.grant("alice", BOB)
+    with_orgs.grant("alice", BOB)
     assert with_orgs.authorize("alice", BOB).allowed
-    assert not with_orgs.authorize("alice", "user:mallory@elsewhere.org").allowed
+    assert not plain.authorize("alice", BOB).allowed  # without a resolver the org scope admits no one
+    with pytest.raises(InvalidGrant, match="organisation example.com, and user:mallory@elsewhere.org is not in it"):
+        with_orgs.grant("alice", "user:mallory@elsewhere.org")
 
 
 def test_grants_expire_and_can_be_revoked(registry: VoiceRegistry) -> None:
-    registry.ensure_voice("alice", OWNER)
+    registry.ensure_voice("alice", OWNER, "public")
     registry.add_version("alice", new_version(registry.store, "alice"))
     expires = datetime.now(timezone.utc) + timedelta(days=1)
 
@@ -223,7 +239,7 @@ def test_a_grant_must_expire_in_the_future_and_times_need_a_zone(registry: Voice
 
 def test_every_change_is_a_new_revision_and_the_newest_wins(registry: VoiceRegistry) -> None:
     store = registry.store
-    registry.ensure_voice("alice", OWNER)
+    registry.ensure_voice("alice", OWNER, "public")
     registry.set_status("alice", "training")
     registry.grant("alice", BOB)
     revisions = store.list("registry/alice")
@@ -243,7 +259,7 @@ def test_version_record_round_trips_through_json(registry: VoiceRegistry) -> Non
 
 def test_concurrent_writers_get_distinct_versions_and_lose_no_update(registry: VoiceRegistry) -> None:
     store = registry.store
-    registry.ensure_voice("alice", OWNER)
+    registry.ensure_voice("alice", OWNER, "public")
     per_thread = 4
     made: dict[str, list[int]] = {"a": [], "b": []}
     errors: list[BaseException] = []

@@ -1,0 +1,82 @@
+"""Calibrate the consent-clip checks on the six distinct pip-shipped voices (tasks/demo_data.py).
+
+Prints, for every (consent clip of voice A, enrollment takes of voice B) pair, the GE2E cosine
+similarity of the clip to B's centroid (tasks/speaker.py) -- the diagonal is "same speaker", the
+rest "another speaker" -- and, per consent clip, the Whisper tiny.en transcript and its word error
+rate against the consent phrase, next to the WER of an enrollment take (a wrong phrase by the
+right speaker). The thresholds in tasks/consent_verify.py come from these figures.
+
+    python benchmarks/consent_calibration.py [--clips 3] [--root DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voicefleet.tasks.asr import ASR, wer
+from voicefleet.tasks.audio import load_audio
+from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, phrase_match
+from voicefleet.tasks.demo_data import DEMO_VOICES, build_demo_enrollment
+from voicefleet.tasks.speaker import embed, mean_embedding, similarity
+
+SR = 16000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=3, help="enrollment takes per voice")
+    ap.add_argument("--root", help="keep (and reuse) the built enrollment set here")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root or tmp)
+        ids = [v.speaker_id for v in DEMO_VOICES]
+        if not all((root / sid / "consent.json").exists() for sid in ids):
+            ids = build_demo_enrollment(root, n_speakers=len(DEMO_VOICES), clips_per_speaker=args.clips,
+                                        overwrite=True)
+        takes, consent, phrase, texts = {}, {}, {}, {}
+        for sid in ids:
+            folder = root / sid
+            rows = [json.loads(line) for line in (folder / "transcripts.jsonl").read_text().splitlines()]
+            takes[sid] = [load_audio((folder / r["file"]).read_bytes(), SR, name=r["file"]) for r in rows]
+            texts[sid] = rows[0]["text"]
+            consent[sid] = load_audio((folder / "consent.wav").read_bytes(), SR, name="consent.wav")
+            phrase[sid] = json.loads((folder / "consent.json").read_text())["consent_phrase"]
+    print(f"built {len(ids)} voices x {args.clips} takes + consent clip in {time.perf_counter() - t0:.0f} s")
+
+    centroid = {sid: mean_embedding([embed(a, SR) for a in takes[sid]]) for sid in ids}
+    clip_emb = {sid: embed(consent[sid], SR) for sid in ids}
+    print("\nspeaker similarity: consent clip (rows) vs enrollment centroid (columns)")
+    print(" " * 18 + "".join(f"{s[5:]:>12}" for s in ids))
+    same, other = [], []
+    for a in ids:
+        row = [similarity(clip_emb[a], centroid[b]) for b in ids]
+        print(f"{a:>18}" + "".join(f"{v:12.3f}" for v in row))
+        for b, v in zip(ids, row):
+            (same if a == b else other).append(v)
+    print(f"same speaker: min {min(same):.3f}  mean {np.mean(same):.3f}")
+    print(f"other speaker: max {max(other):.3f}  mean {np.mean(other):.3f}")
+    print(f"threshold {MIN_SPEAKER_SIMILARITY:.2f}: margin below same-speaker min {min(same) - MIN_SPEAKER_SIMILARITY:+.3f}, "
+          f"above other-speaker max {MIN_SPEAKER_SIMILARITY - max(other):+.3f}")
+
+    asr = ASR()
+    print("\nconsent phrase (Whisper tiny.en): character error rate of the consent clip | of a take (wrong phrase)")
+    right, wrong = [], []
+    for sid in ids:
+        heard = asr.transcribe(consent[sid], SR, "en").text
+        heard_wrong = asr.transcribe(takes[sid][0], SR, "en").text
+        right.append(1 - phrase_match(phrase[sid], heard))
+        wrong.append(1 - phrase_match(phrase[sid], heard_wrong))
+        print(f"{sid:>18}  {right[-1]:.2f} (raw WER {wer(phrase[sid], heard):.2f}) {heard!r}")
+        print(f"{'':>18}  {wrong[-1]:.2f} for {texts[sid]!r}")
+    print(f"right phrase: max CER {max(right):.2f}; wrong phrase: min CER {min(wrong):.2f}; "
+          f"threshold {MAX_PHRASE_CER:.2f}")
+
+
+if __name__ == "__main__":
+    main()

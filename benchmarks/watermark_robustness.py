@@ -1,0 +1,118 @@
+"""Watermark robustness, false positives and cost, on speech from the six pip-shipped voices.
+
+Per transformation (tests/audio_transforms.py: resample to 16 kHz, MP3 and Opus at 64 kbps, gain,
+trim to 3 s) it prints
+  * detection rate: marked clips whose mark is found (best 2 s window score >= threshold);
+  * identification rate: marked clips whose fingerprint lookup names the right line;
+  * false positives: clean clips (other sentences, never marked or indexed) flagged as marked,
+    and clean clips matched to some indexed line;
+plus the mark's SNR, optional DNSMOS (speechmos) before/after, and the cost of marking next to the
+cost of the FLAC encode it precedes (both measured here, per second of audio).
+
+    python benchmarks/watermark_robustness.py [--root DIR] [--per-voice 1] [--dnsmos]
+
+`--root` reuses a demo enrollment set (e.g. the one benchmarks/consent_calibration.py keeps): its
+takes are the clips, alternately marked (rendered lines) and left clean (third-party speech).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from audio_transforms import TRANSFORMS  # noqa: E402
+
+from voicefleet.tasks import fingerprint, watermark  # noqa: E402
+from voicefleet.tasks.audio import encode_flac, load_audio  # noqa: E402
+from voicefleet.tasks.demo_data import DEMO_VOICES, build_demo_enrollment  # noqa: E402
+from voicefleet.tasks.storage import Store  # noqa: E402
+
+SR = 32000
+
+
+def clips_from(root: Path) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for row in (json.loads(line) for line in (folder / "transcripts.jsonl").read_text().splitlines()):
+            out.append((f"{folder.name}/{row['file']}", load_audio((folder / row["file"]).read_bytes(), SR)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", help="a demo enrollment set to take clips from (built with TTS if missing)")
+    ap.add_argument("--per-voice", type=int, default=2, help="takes per voice to use (half marked, half clean)")
+    ap.add_argument("--dnsmos", action="store_true", help="also score DNSMOS before/after (speechmos; slow first call)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root or tmp)
+        if not any(root.glob("*/transcripts.jsonl")):
+            build_demo_enrollment(root, n_speakers=len(DEMO_VOICES), clips_per_speaker=max(2, args.per_voice))
+        clips = clips_from(root)
+        by_voice: dict[str, list] = {}
+        for name, audio in clips:
+            by_voice.setdefault(name.split("/")[0], []).append((name, audio))
+        chosen = [c for v in by_voice.values() for c in v[: args.per_voice]]
+        marked_src = chosen[0::2]
+        clean = chosen[1::2]
+
+        t = time.perf_counter()
+        marked = [(n, watermark.mark(a, SR)) for n, a in marked_src]
+        mark_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for _, a in marked_src:
+            encode_flac(a, SR)
+        flac_s = time.perf_counter() - t
+        audio_s = sum(len(a) for _, a in marked_src) / SR
+        snr = [10 * np.log10(np.sum(a ** 2) / np.sum((a - m) ** 2)) for (_, a), (_, m) in zip(marked_src, marked)]
+
+        store = Store(str(Path(tmp) / "store"))
+        fingerprint.index_lines(store, "bench", "part-0", [({"line_id": n, "voice_id": n.split("/")[0],
+                                                              "voice_version": "1"}, a, SR) for n, a in marked])
+        print(f"{len(marked)} marked clips, {len(clean)} clean clips ({audio_s:.1f} s marked audio), "
+              f"voices: {', '.join(sorted(by_voice))}")
+        print(f"mark cost: {mark_s / audio_s:.3f} s per audio second (FLAC encode, same clips: "
+              f"{flac_s / audio_s:.4f} s); SNR of the mark: mean {np.mean(snr):.1f} dB, min {np.min(snr):.1f} dB")
+        print(f"\n{'transformation':22} {'detected':>9} {'identified':>11} {'FP mark':>8} {'FP line':>8} "
+              f"{'marked score min':>17} {'clean score max':>16} {'BER max':>8}")
+        for name, transform in TRANSFORMS.items():
+            det = ident = fp_mark = fp_line = 0
+            mscores, cscores, bers = [], [], []
+            for line, audio in marked:
+                x, r = transform(audio, SR)
+                p = watermark.detect(x, r)
+                det += p.present
+                mscores.append(p.score)
+                m = fingerprint.lookup(store, x, r)
+                ident += m is not None and m.line_id == line
+                bers.append(m.bit_error_rate if m else 1.0)
+            for _, audio in clean:
+                x, r = transform(audio, SR)
+                p = watermark.detect(x, r)
+                fp_mark += p.present
+                cscores.append(p.score)
+                fp_line += fingerprint.lookup(store, x, r) is not None
+            print(f"{name:22} {det:>4}/{len(marked):<4} {ident:>5}/{len(marked):<5} {fp_mark:>3}/{len(clean):<4}"
+                  f"{fp_line:>3}/{len(clean):<4} {min(mscores):>17.3f} {max(cscores):>16.3f} {max(bers):>8.3f}",
+                  flush=True)
+        if args.dnsmos:
+            from speechmos import dnsmos
+
+            def ovrl(a: np.ndarray) -> float:
+                from voicefleet.tasks.audio import resample
+                return float(dnsmos.run(np.clip(resample(a, SR, 16000), -1, 1), 16000)["ovrl_mos"])
+
+            before = [ovrl(a) for _, a in marked_src]
+            after = [ovrl(m) for _, m in marked]
+            print(f"\nDNSMOS OVRL: clean {np.mean(before):.2f}, marked {np.mean(after):.2f} "
+                  f"(mean difference {np.mean(np.subtract(after, before)):+.2f})")
+
+
+if __name__ == "__main__":
+    main()
