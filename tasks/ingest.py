@@ -234,7 +234,7 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
             utts.append(Utterance(s.label, transcriber.recognise(s.x16, language, s.label), language, s.x32))
         except NoTranscript as e:
             problems.append(str(e))
-            speech -= s.speech_s
+            speech = max(0.0, speech - s.speech_s)
     if speech < qc.min_speech_s:
         reject([f"only {speech:.1f} s of clean speech with a transcript (< {qc.min_speech_s:g} s)"])
     if speech < qc.recommended_speech_s:

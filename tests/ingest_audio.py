@@ -37,16 +37,17 @@ def speak(voice_key: str, text: str) -> np.ndarray:
     return (x * 0.5 / max(float(np.abs(x).max()), 1e-9)).astype(np.float32)
 
 
-def pause(seconds: float, level_db: float = -70, seed: int = 0) -> np.ndarray:
+def pause(seconds: float, level_db: float = -70, seed: int = 0, samples: int | None = None) -> np.ndarray:
     """A pause with a faint room-noise floor (no real microphone records digital zeros)."""
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal(int(seconds * RATE)) * 10 ** (level_db / 20)).astype(np.float32)
+    n = samples if samples is not None else int(seconds * RATE)
+    return (rng.standard_normal(n) * 10 ** (level_db / 20)).astype(np.float32)
 
 
 def join(parts: list[np.ndarray], gap_s: float = 0.6) -> np.ndarray:
     out = [pause(0.4)]
     for i, p in enumerate(parts):
-        out += [p + pause(len(p) / RATE, seed=i + 1), pause(gap_s, seed=i + 100)]
+        out += [p + pause(0, seed=i + 1, samples=len(p)), pause(gap_s, seed=i + 100)]
     return np.concatenate(out)
 
 
