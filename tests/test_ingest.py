@@ -145,6 +145,8 @@ def bad_uploads(voices) -> dict:
         "mostly-silence": (wav(np.concatenate([pause(12), joe[0], pause(12)])),
                            r"mostly silence: \d+% speech \(< 25%\), longest silence [\d.]+ s .* in take1\.wav"),
         "telephone": (wav(resample(clean, RATE, 8000), 8000), r"sample rate 8000 Hz < 16000 Hz in take1\.wav"),
+        "telephone-upsampled": (wav(resample(resample(clean, RATE, 8000), 8000, 16000), 16000),
+                                r"telephone-band audio: speech energy above 4 kHz -\d+ dB < -50 dB in take1\.wav"),
         "not-audio": ({"take1.wav": b"just text", "take2.flac": b""}, r"no decodable audio among 2 file\(s\)"),
     }
 
@@ -161,7 +163,7 @@ def bad_store(voices, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["too-short", "noisy", "clipped", "two-voices", "music-bed", "mostly-silence",
-                                  "telephone", "not-audio"])
+                                  "telephone", "telephone-upsampled", "not-audio"])
 def test_bad_upload_is_rejected_with_the_measured_reason(voices, bad_store, name):
     _, pattern = bad_uploads(voices)[name]
     with pytest.raises(RejectedSpeaker) as e:
