@@ -20,7 +20,8 @@ QC = QCConfig(min_speech_s=4.0, recommended_speech_s=4.0).model_dump(exclude_def
 
 
 @pytest.fixture(scope="module")
-def batch(request, tmp_path_factory):
+def batch(request, tmp_path_factory, s3_server):
+    """Ray is started after the S3 server's env is set (as tests/test_e2e.py does): workers inherit it."""
     from voicefleet.tasks.runtime import ensure_ray
 
     cache = request.config.cache.mkdir("voicefleet-ingest-voices")
