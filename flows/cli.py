@@ -184,14 +184,26 @@ def recipe_of(recipe: str) -> dict:
         raise CLIError(f"recipe file {recipe} is invalid: {e}", EXIT_BAD_INPUT) from e
 
 
+def qc_of(min_speech: float, asr_model: Optional[str]) -> dict:
+    """Enrollment QC settings from the CLI (every other threshold: tasks/speech_checks.py QCConfig)."""
+    if min_speech <= 0:
+        raise CLIError(f"--min-speech must be > 0 seconds, got {min_speech:g}", EXIT_BAD_INPUT)
+    if asr_model and not Path(asr_model).is_dir():
+        raise CLIError(f"--asr-model folder {asr_model} does not exist", EXIT_BAD_INPUT)
+    qc = {"min_speech_s": min_speech, "recommended_speech_s": max(min_speech, 60.0)}
+    return {**qc, "asr_model": str(Path(asr_model).resolve())} if asr_model else qc
+
+
 def print_enroll(summary: dict) -> int:
     t = Table(title=f"enrollment {summary['run_id']}")
-    for col in ("speaker", "status", "version", "seconds", "reasons"):
-        t.add_column(col)
+    for col in ("speaker", "status", "version", "minutes", "utterances", "reasons / warnings"):
+        t.add_column(col, overflow="fold")
     for r in summary["speakers"]:
         style = {"accepted": "green", "unchanged": "cyan", "rejected": "red", "failed": "red"}.get(r["status"], "")
-        t.add_row(r["speaker"], f"[{style}]{r['status']}[/]", str(r["version"] or "-"), f"{r['seconds']:.1f}",
-                  (r["reasons"] or r["warnings"] or "")[:200])
+        name = r["speaker"] if r.get("display_name", r["speaker"]) == r["speaker"] else f"{r['speaker']} ({r['display_name']})"
+        notes = (r["reasons"] or r["warnings"] or "").replace("; ", "\n")
+        t.add_row(name, f"[{style}]{r['status']}[/]", str(r["version"] or "-"), f"{r.get('minutes', 0):.2f}",
+                  str(r.get("utterances") or "-"), notes)
     console.print(t)
     console.print(f"report: {summary['report']}")
     if summary.get("dashboard"):
@@ -241,18 +253,22 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            gpus: float = typer.Option(0.0, help="GPUs per voice (fractions pack voices on one GPU)."),
            cpus: float = typer.Option(1.0, help="CPUs per voice."),
            allow_synthetic: bool = typer.Option(False, help="Accept audio carrying voicefleet's watermark "
-                                                             "(test corpora made with our own renders).")):
+                                                             "(test corpora made with our own renders)."),
+           min_speech: float = typer.Option(30.0, help="Seconds of clean speech a speaker needs (the reference "
+                                                         "recommends about 60)."),
+           asr_model: Optional[str] = typer.Option(None, help="faster-whisper model folder for files without a "
+                                                              "transcript (default: Whisper tiny.en, English).")):
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
         check_pretrained(pretrained)
         rec = recipe_of(recipe)
+        qc = {**qc_of(min_speech, asr_model), **({"allow_synthetic": True} if allow_synthetic else {})}
         quiet_logs()
         from .enroll import enroll_batch
 
         with progress_bars():
-            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus,
-                                   qc={"allow_synthetic": True} if allow_synthetic else None)
+            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus, qc=qc)
         raise typer.Exit(print_enroll(summary))
 
 
@@ -488,7 +504,11 @@ def demo(store: str = StoreOpt,
 
         rec = recipe_of("demo" if not pretrained else "default")
         with progress_bars():
-            summary = enroll_batch(s.url("demo/enroll"), store, pretrained=pretrained, recipe=rec)
+            from voicefleet.tasks.speech_checks import QCConfig
+
+            # the demo's six short takes per voice (~17 s of speech) pass the demo's own lower minimum
+            summary = enroll_batch(s.url("demo/enroll"), store, pretrained=pretrained, recipe=rec,
+                                   qc=QCConfig.demo().model_dump(exclude_defaults=True))
         enroll_code = print_enroll(summary)
         voices = [r["speaker"] for r in summary["speakers"] if r["status"] in ("accepted", "unchanged")]
         if not voices:

@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import uuid
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect import task as prefect_task
 from prefect.cache_policies import NONE
@@ -25,9 +22,12 @@ from voicefleet.tasks.consent import registry_terms
 from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.ingest import discover_speakers
+from voicefleet.tasks.ingest_report import artifact_rows, report_row, write_report
 from voicefleet.tasks.registry import RegistryError, VoiceRegistry
 from voicefleet.tasks.runtime import Resources, ensure_ray
 from voicefleet.tasks.storage import Store
+from voicefleet.tasks.upload_fingerprint import model_identity
+from voicefleet.tasks.voice_ids import assign_voice_ids
 
 from .progress import report
 
@@ -41,19 +41,27 @@ def discover(src: str) -> list[str]:
 
 @task
 def prepare(src: str, store: str, speakers: list[str], base: str, run_id: str, qc: dict | None,
-            resources: Resources) -> list[SpeakerResult]:
+            resources: Resources, identity: str = "") -> list[SpeakerResult]:
     registry = VoiceRegistry(Store(store))
-    known = {}
-    for s in speakers:
+    ids, id_problems = assign_voice_ids(speakers)  # folder name -> voice id; unsafe names, collisions
+    refused = [SpeakerResult(speaker_id=s, display_name=s, status="rejected", reasons=[why])
+               for s, why in id_problems.items()]
+    known, seconds = {}, {}
+    for s, vid in ids.items():
         try:
-            known[s] = registry.version(s).metrics.get("source_hash")
+            metrics = registry.version(vid).metrics
+            known[s], seconds[vid] = metrics.get("source_hash"), metrics.get("seconds", 0.0)
         except (RegistryError, ValueError):  # unknown voice (first enrollment) included
             known[s] = None
-    report("prepare", total=len(speakers), done=0)
+    report("prepare", total=len(ids), done=0)
     done = []
-    calls = [(s, (src, store, s, base, run_id, qc, known[s])) for s in speakers]
-    return run_on_ray(prepare_speaker, calls, resources,
-                      on_done=lambda r: (done.append(r), report("prepare", total=len(speakers), done=len(done))))
+    calls = [(s, (src, store, s, base, run_id, qc, known[s], identity)) for s in ids]
+    cpu_only = Resources(num_cpus=resources.num_cpus, num_gpus=0)  # ingest + features never hold a GPU
+    results = run_on_ray(prepare_speaker, calls, cpu_only,
+                         on_done=lambda r: (done.append(r), report("prepare", total=len(ids), done=len(done))))
+    # an unchanged voice reports the clean speech its current version was made from
+    return refused + [r.model_copy(update={"seconds": seconds.get(r.speaker_id, 0.0)}) if r.status == "unchanged" else r
+                      for r in results]
 
 
 @task
@@ -107,16 +115,12 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[Spe
 
 @task
 def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
-    rows = [{"speaker": r.speaker_id, "status": r.status, "version": r.voice_version, "seconds": r.seconds,
-             "reasons": "; ".join(r.reasons), "warnings": "; ".join(r.warnings)} for r in results]
+    rows = [report_row(r) for r in results]
     s = Store(store)
     key = f"reports/enroll/{run_id}.parquet"
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([
-        ("speaker", pa.string()), ("status", pa.string()), ("version", pa.int64()), ("seconds", pa.float64()),
-        ("reasons", pa.string()), ("warnings", pa.string())])), buf)
-    s.write_bytes(key, buf.getvalue())
+    write_report(s, key, rows)
     audit_enrollment(s, run_id, results)
+    rows = artifact_rows(rows)
     counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed")}
     try:
         create_table_artifact(table=rows or [{"speaker": "-", "status": "no speakers found"}], key="enroll-summary",
@@ -146,7 +150,8 @@ def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = 
     recipe = Recipe(**(recipe or {})).model_dump()
     resources = Resources(num_cpus=num_cpus, num_gpus=num_gpus)
     speakers = discover(src)
-    prepared = prepare(src, store, speakers, base, run_id, qc, resources)
+    identity = model_identity(base, recipe, qc)  # an unchanged upload with a new base or recipe retrains
+    prepared = prepare(src, store, speakers, base, run_id, qc, resources, identity)
     ok = [p for p in prepared if p.status == "prepared"]
     trained = train(store, ok, base, recipe, resources) if ok else []
     registered = register(store, trained, recipe)

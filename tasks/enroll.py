@@ -6,7 +6,6 @@ A speaker that fails any step becomes a result with its reasons; the others go o
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 import traceback
@@ -18,11 +17,15 @@ from pydantic import BaseModel, Field
 
 from .audio import encode_flac, encode_wav, load_audio
 from .base_model import load_base
+from .decode import DECODE_CALLS
 from .features import FeatureError, build_dataset, read_dataset, reference_prompt
 from .finetune import Recipe, TrainingFailed, finetune
 from .ingest import SR, QCConfig, RejectedSpeaker, ingest_speaker
+from .ingest_report import cached_rejection, remember_rejection
+from .upload_fingerprint import upload_fingerprint
+from .voice_ids import voice_id_for
 from .runtime import Resources
-from .storage import Store
+from .storage import InvalidId, Store
 
 EVAL_TEXT = {"en": "This is my new voice, rendered by voicefleet.", "zh": "这是我的新声音。"}
 
@@ -30,7 +33,7 @@ EVAL_TEXT = {"en": "This is my new voice, rendered by voicefleet.", "zh": "这�
 class SpeakerResult(BaseModel):
     """One row of the enrollment report."""
 
-    speaker_id: str
+    speaker_id: str  # the voice id
     status: str  # accepted | rejected | failed | unchanged
     reasons: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
@@ -46,6 +49,9 @@ class SpeakerResult(BaseModel):
     ref_language: str | None = None
     prompt_tokens: list[int] = Field(default_factory=list)
     metrics: dict = Field(default_factory=dict)
+    display_name: str = ""  # the upload folder's name
+    utterances: int = 0
+    files_decoded: int = 0  # work done by this run's ingest (0 for an unchanged upload)
 
 
 def run_prefix(voice_id: str, run_id: str) -> str:
@@ -59,36 +65,48 @@ def make_frontend(bert_dir: str | None = None):
 
 
 def prepare_speaker(src_uri: str, store_uri: str, speaker: str, base_spec: str, run_id: str,
-                    qc: dict | None = None, known_hash: str | None = None) -> SpeakerResult:
-    """Ingest + checks + features for one speaker; writes dataset.parquet and ref.wav."""
+                    qc: dict | None = None, known_hash: str | None = None, identity: str = "") -> SpeakerResult:
+    """Ingest + checks + features for one speaker folder; writes dataset.parquet and ref.wav.
+
+    The upload's raw bytes are fingerprinted first (tasks/upload_fingerprint.py, with `identity`:
+    base model, recipe, QC, pipeline version): an unchanged upload is reported without decoding.
+    """
     src, store = Store(src_uri), Store(store_uri)
     try:
-        upload = ingest_speaker(src, speaker, QCConfig(**(qc or {})))
+        voice_id = voice_id_for(speaker)
+    except InvalidId as e:
+        return SpeakerResult(speaker_id=speaker, display_name=speaker, status="rejected", reasons=[str(e)])
+    fingerprint, _ = upload_fingerprint(src, speaker, identity)
+    ids = dict(speaker_id=voice_id, display_name=speaker, source_hash=fingerprint)
+    if known_hash == fingerprint:
+        return SpeakerResult(status="unchanged", reasons=["same upload, base model and recipe as the current version"],
+                             **ids)
+    earlier = cached_rejection(store, voice_id, fingerprint)
+    if earlier is not None:
+        return SpeakerResult(status="rejected", reasons=earlier, **ids)
+    decodes_before = DECODE_CALLS["files"]
+    try:
+        upload = ingest_speaker(src, speaker, QCConfig(**(qc or {})), voice_id=voice_id)
     except RejectedSpeaker as e:
-        return SpeakerResult(speaker_id=speaker, status="rejected", reasons=e.reasons)
-    digest = hashlib.sha256()
-    for u in sorted(upload.utterances, key=lambda u: u.file):
-        digest.update(u.file.encode() + u.text.encode() + u.audio.tobytes())
-    digest.update(upload.consent.model_dump_json().encode())
-    source_hash = digest.hexdigest()
-    common = dict(speaker_id=speaker, source_hash=source_hash, owner=upload.consent.owner,
-                  sharing=upload.consent.scope.sharing, consent=upload.consent.model_dump(mode="json"),
-                  consent_check=upload.consent_check,
-                  seconds=round(upload.seconds, 2), warnings=upload.file_problems)
-    if known_hash == source_hash:
-        return SpeakerResult(status="unchanged", reasons=["same audio, text and consent as the current version"], **common)
+        remember_rejection(store, voice_id, fingerprint, e.reasons)
+        return SpeakerResult(status="rejected", reasons=e.reasons,
+                             files_decoded=DECODE_CALLS["files"] - decodes_before, **ids)
+    common = dict(owner=upload.consent.owner, sharing=upload.consent.scope.sharing,
+                  consent=upload.consent.model_dump(mode="json"), consent_check=upload.consent_check,
+                  seconds=upload.speech_s,
+                  utterances=len(upload.utterances), files_decoded=upload.files_decoded, **ids)
     base = load_base(base_spec)
     try:
         data, problems = build_dataset(upload, base, make_frontend(base.bert_dir))
         tokens = reference_prompt(upload, base)
     except (FeatureError, ValueError) as e:
-        return SpeakerResult(status="rejected", reasons=[str(e)], **common)
-    prefix = run_prefix(speaker, run_id)
+        return SpeakerResult(status="rejected", reasons=[str(e)], warnings=upload.file_problems, **common)
+    prefix = run_prefix(voice_id, run_id)
     store.write_bytes(f"{prefix}/dataset.parquet", data)
     store.write_bytes(f"{prefix}/ref.wav", encode_wav(upload.reference.audio, SR))
-    common["warnings"] = upload.file_problems + problems
     return SpeakerResult(status="prepared", run_prefix=prefix, ref_text=upload.reference.text,
-                         ref_language=upload.reference.language, prompt_tokens=tokens.tolist(), **common)
+                         ref_language=upload.reference.language, prompt_tokens=tokens.tolist(),
+                         warnings=upload.file_problems + problems, **common)
 
 
 def train_voice(store_uri: str, prepared: SpeakerResult, base_spec: str, recipe: dict, device: str = "cpu") -> SpeakerResult:

@@ -27,10 +27,12 @@ from render_checks import assert_render_complete
 from voicefleet.tasks.demo_data import build_demo_enrollment, build_demo_script
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.registry import VoiceRegistry
+from voicefleet.tasks.speech_checks import QCConfig
 from voicefleet.tasks.shards import index_glob, job_prefix, read_index
 from voicefleet.tasks.storage import Store
 
 pytestmark = pytest.mark.slow
+DEMO_QC = QCConfig.demo().model_dump(exclude_defaults=True)  # six short takes per voice: the demo's own minimum
 OWNER = "user:demo"
 
 
@@ -89,7 +91,7 @@ def enrolled(ray_cluster, enrollment_src, s3_server, tmp_path_factory):
     for kind in ("local", "s3"):
         store = Store(str(tmp_path_factory.mktemp("store"))) if kind == "local" else Store(s3_server.uri(f"e2e-{os.getpid()}"))
         src = upload(enrollment_src, store, "incoming")
-        summary = enroll_batch(src, store.uri, recipe=Recipe.demo().model_dump())
+        summary = enroll_batch(src, store.uri, recipe=Recipe.demo().model_dump(), qc=DEMO_QC)
         out[kind] = (store, summary)
     return out
 
@@ -165,7 +167,7 @@ def test_rerun_enrollment_does_no_work_twice(enrolled, enrollment_src):
     from voicefleet.flows.enroll import enroll_batch
 
     store, _ = enrolled["local"]
-    again = enroll_batch(store.url("incoming"), store.uri, recipe=Recipe.demo().model_dump())
+    again = enroll_batch(store.url("incoming"), store.uri, recipe=Recipe.demo().model_dump(), qc=DEMO_QC)
     status = {r["speaker"]: r["status"] for r in again["speakers"]}
     assert sorted(v for v, s in status.items() if s == "unchanged") == sorted(
         v for v in status if v not in ("no-consent", "not-audio"))
