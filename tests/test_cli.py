@@ -97,6 +97,14 @@ def test_enroll_missing_source_and_pretrained(tmp_path):
     assert r.exit_code == EXIT_BAD_INPUT and "--recipe" in r.output
 
 
+def test_enroll_bad_qc_options(tmp_path):
+    (tmp_path / "src").mkdir()
+    r = run("enroll", str(tmp_path / "src"), "--min-speech", "0")
+    assert r.exit_code == EXIT_BAD_INPUT and "--min-speech must be > 0 seconds, got 0" in r.output
+    r = run("enroll", str(tmp_path / "src"), "--asr-model", str(tmp_path / "whisper"))
+    assert r.exit_code == EXIT_BAD_INPUT and "--asr-model folder" in r.output
+
+
 def test_voices_list_on_empty_store(tmp_path):
     r = run("voices", "list", "--store", str(tmp_path / "s"))
     assert r.exit_code == 0
