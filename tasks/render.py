@@ -120,16 +120,16 @@ class SynthesizeLines:
         self.max_voices = max_voices
 
     def voice(self, voice_id: str, version: str):
-        from voicefleet.model.checkpoint import load_gpt, load_sovits
         from voicefleet.model.synthesizer import VoicePrompt
+
+        from .voice_artifacts import load_voice_models
 
         key = (voice_id, version)
         if key in self.voices:
             self.voices.move_to_end(key)
             return self.voices[key]
         rec = self.registry.version(voice_id, int(version))
-        gpt = load_gpt(self.store.read_bytes(rec.files["gpt"])).model
-        sovits = load_sovits(self.store.read_bytes(rec.files["sovits"])).model
+        gpt, sovits = load_voice_models(self.store, rec.files)  # full checkpoints, or shared base + LoRA delta
         ref = load_audio(self.store.read_bytes(rec.files["ref_wav"]), sovits.cfg.sampling_rate, name="ref.wav")
         loaded = self.synth.load_voice(gpt, sovits, VoicePrompt(ref, rec.ref_text, rec.ref_language,
                                                                  np.asarray(rec.prompt_tokens)))
