@@ -174,7 +174,6 @@ def finetune(rows: list[dict], gpt: Text2SemanticDecoder, sovits: SynthesizerTrn
         first = saved["epoch"] + 1
         metrics.setdefault("resumed_from", []).append(saved["epoch"])
         log(f"resuming after epoch {saved['epoch']}/{recipe.epochs}")
-    t0 = time.perf_counter()
 
     for epoch in range(first, recipe.epochs + 1):
         hook("epoch_start", epoch)
@@ -201,7 +200,7 @@ def finetune(rows: list[dict], gpt: Text2SemanticDecoder, sovits: SynthesizerTrn
                              "rng": _rng_state(rng), "metrics": metrics, "log": epoch_log})
             hook("checkpoint", epoch)
 
-    metrics["train_s"] = round(metrics.get("train_s", 0.0) + time.perf_counter() - t0, 2)
+    metrics["train_s"] = round(sum(e["seconds"] for e in epoch_log), 2)  # every epoch, across resumes
     metrics["epoch_log"] = epoch_log
     gpt_out, sovits_out = g_trainer.gpt.eval().cpu(), s_trainer.net_g.eval().cpu()
     deltas = None
