@@ -52,6 +52,7 @@ class CachedBase:
 
 
 _CACHE: dict[tuple[str, str], CachedBase] = {}
+_READS = [0]  # base models this process has read from a store
 
 
 def publish_base(store: Store, spec: str) -> BaseRef:
@@ -85,12 +86,13 @@ def cached_base(store: Store, prefix: str) -> CachedBase:
         if store.exists(f"{prefix}/disc.pt"):
             disc = torch.load(io.BytesIO(store.read_bytes(f"{prefix}/disc.pt")), map_location="cpu", weights_only=True)
         _CACHE[key] = CachedBase(ref, gpt.eval(), sovits.eval(), disc)
+        _READS[0] += 1
     return _CACHE[key]
 
 
 def base_reads() -> int:
-    """Base models this process has read from a store (each prefix counts once)."""
-    return len(_CACHE)
+    """How many times this process has read a base model from a store."""
+    return _READS[0]
 
 
 def fresh_models(base: CachedBase) -> tuple[Text2SemanticDecoder, SynthesizerTrn]:

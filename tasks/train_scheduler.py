@@ -20,16 +20,20 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections import deque
 from typing import Callable
 
 import ray
 
-from .base_store import BaseRef
+from .base_store import BaseRef, base_reads
 from .enroll import SpeakerResult
 from .runtime import Resources
 from .train_unit import TrainHook, train_unit
+
+MAX_RESTART_PINGS = 600  # x RESTART_PING_S: how long to wait for a crashed actor to come back
+RESTART_PING_S = 0.5
 
 
 class VoiceTrainer:
@@ -49,7 +53,8 @@ class VoiceTrainer:
             out = train_unit(self.store_uri, prepared, base, recipe, gate, self.device, hook)
         finally:
             self.current = "idle"
-        return out.model_copy(update={"metrics": {**out.metrics, "trained_on": self.where()}})
+        return out.model_copy(update={"metrics": {**out.metrics, "trained_on": self.where(),
+                                                  "base_reads_in_worker": base_reads()}})
 
     def where(self) -> dict:
         ctx = ray.get_runtime_context()
@@ -85,7 +90,8 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
     queue, idle = deque(prepared), list(actors)
     attempts: dict[str, int] = {}
     errors: dict[str, list[str]] = {}
-    in_flight: dict = {}
+    in_flight: dict = {}  # train call -> (actor, voice)
+    recovering: dict = {}  # ping of a restarting actor -> (actor, pings so far)
     results: list[SpeakerResult] = []
     try:
         while queue or in_flight:
@@ -94,13 +100,26 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
                 attempts[p.speaker_id] = attempts.get(p.speaker_id, 0) + 1
                 ref = actor.train.options(name=f"train:{p.speaker_id}").remote(p, base, recipe, gate, hook)
                 in_flight[ref] = (actor, p)
-            [done], _ = ray.wait(list(in_flight), num_returns=1)
+            if not in_flight and not recovering:
+                break
+            [done], _ = ray.wait([*in_flight, *recovering], num_returns=1)
+            if done in recovering:
+                actor, pings = recovering.pop(done)
+                try:
+                    ray.get(done)
+                    idle.append(actor)  # restarted: it takes the next voice
+                except ray.exceptions.RayActorError:
+                    if pings < MAX_RESTART_PINGS:
+                        time.sleep(RESTART_PING_S)
+                        recovering[actor.where.remote()] = (actor, pings + 1)
+                continue
             actor, p = in_flight.pop(done)
-            idle.append(actor)  # a crashed actor restarts and takes the next voice
             try:
                 res = ray.get(done)
+                idle.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.OutOfMemoryError) as e:
+                recovering[actor.where.remote()] = (actor, 0)  # back in the pool once it answers again
                 errors.setdefault(p.speaker_id, []).append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
                 if attempts[p.speaker_id] < max_attempts:
                     queue.appendleft(p)  # resumes from its last checkpoint
@@ -109,6 +128,7 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
                     f"training worker died {attempts[p.speaker_id]} times (max {max_attempts}); last: "
                     f"{errors[p.speaker_id][-1]}"]})
             except ray.exceptions.RayTaskError as e:  # a bug outside the unit's own error handling
+                idle.append(actor)
                 res = p.model_copy(update={"status": "failed", "reasons": [f"training task error: {str(e)[:500]}"]})
             if attempts[p.speaker_id] > 1:
                 res = res.model_copy(update={"metrics": {**res.metrics, "attempts": attempts[p.speaker_id],
@@ -116,6 +136,9 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
             results.append(res)
             if on_done:
                 on_done(res)
+        for p in queue:  # every actor stayed unreachable after its restart
+            results.append(p.model_copy(update={"status": "failed", "reasons": [
+                "no training worker could be reached (every actor failed to restart)"]}))
     finally:
         for a in actors:
             ray.kill(a)
