@@ -229,7 +229,7 @@ def gate_of(mode: str, min_similarity: float, max_wer: float) -> dict:
     from voicefleet.tasks.evaluate import Gate
 
     if mode not in ("enforce", "report", "off"):
-        raise CLIError(f"--gate must be enforce, report or off, not {mode!r}", EXIT_BAD_INPUT)
+        raise CLIError(f"--gate {mode!r} is not one of enforce, report, off", EXIT_BAD_INPUT)
     try:
         return Gate(mode=mode, min_similarity=min_similarity, max_wer=max_wer).model_dump()
     except ValueError as e:

@@ -138,3 +138,14 @@ def test_gate_names_each_figure_below_the_bar():
     ok, reasons = gate.judge({"similarity": 0.42, "wer": 0.9})
     assert not ok and reasons == ["speaker similarity 0.42 < 0.8", "word error rate 0.90 > 0.3"]
     assert gate.judge({"similarity": 0.9, "wer": None}) == (True, [])  # no ASR for the language
+
+
+def test_enroll_refuses_an_unknown_gate_mode_as_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from voicefleet.flows.cli import app
+
+    out = CliRunner().invoke(app, ["enroll", str(tmp_path), "--store", str(tmp_path / "s"), "--gate", "maybe"])
+    assert out.exit_code == 2 and "--gate 'maybe' is not one of enforce, report, off" in out.output
+    out = CliRunner().invoke(app, ["enroll", str(tmp_path), "--store", str(tmp_path / "s"), "--min-similarity", "3"])
+    assert out.exit_code == 2 and "min_similarity" in out.output
