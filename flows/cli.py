@@ -67,7 +67,6 @@ def exit_code_for(exc: BaseException) -> int:
     from voicefleet.model.checkpoint import CheckpointError
     from voicefleet.tasks.access import NotPermitted
     from voicefleet.tasks.base_model import PretrainedNotFound
-    from voicefleet.tasks.access import NotPermitted
     from voicefleet.tasks.job_lease import JobLeaseHeld, JobLeaseLost
     from voicefleet.tasks.line_qc import QCConfigError
     from voicefleet.tasks.postprocess import PostConfigError
@@ -199,7 +198,8 @@ def print_enroll(summary: dict) -> int:
     for col in ("speaker", "status", "version", "minutes", "utterances", "reasons / warnings"):
         t.add_column(col, overflow="fold")
     for r in summary["speakers"]:
-        style = {"accepted": "green", "unchanged": "cyan", "rejected": "red", "failed": "red"}.get(r["status"], "")
+        style = {"accepted": "green", "unchanged": "cyan", "rejected": "red", "failed": "red",
+                 "gated": "yellow"}.get(r["status"], "")
         name = r["speaker"] if r.get("display_name", r["speaker"]) == r["speaker"] else f"{r['speaker']} ({r['display_name']})"
         notes = (r["reasons"] or r["warnings"] or "").replace("; ", "\n")
         t.add_row(name, f"[{style}]{r['status']}[/]", str(r["version"] or "-"), f"{r.get('minutes', 0):.2f}",
@@ -209,7 +209,7 @@ def print_enroll(summary: dict) -> int:
     if summary.get("dashboard"):
         console.print(f"Ray dashboard: {summary['dashboard']}")
     c = summary["counts"]
-    return EXIT_PARTIAL if c["rejected"] or c["failed"] else EXIT_OK
+    return EXIT_PARTIAL if c["rejected"] or c["failed"] or c.get("gated") else EXIT_OK
 
 
 def print_render(summary: dict) -> int:
@@ -257,19 +257,39 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            min_speech: float = typer.Option(30.0, help="Seconds of clean speech a speaker needs (the reference "
                                                          "recommends about 60)."),
            asr_model: Optional[str] = typer.Option(None, help="faster-whisper model folder for files without a "
-                                                              "transcript (default: Whisper tiny.en, English).")):
+                                                              "transcript (default: Whisper tiny.en, English)."),
+           workers: Optional[int] = typer.Option(None, min=1, help="Training actors (default: as many as the cluster fits)."),
+           lora_rank: Optional[int] = typer.Option(None, min=0, help="Train a LoRA delta of this rank over the shared base (0: full fine-tune; default: the recipe's)."),
+           gate: str = typer.Option("enforce", help="Quality gate: 'enforce' (a version below it is registered, not current), 'report' (record the verdict only) or 'off'."),
+           min_similarity: float = typer.Option(0.75, help="Gate: least mean speaker similarity of the evaluation sentences."),
+           max_wer: float = typer.Option(0.35, help="Gate: highest mean word error rate (English).")):
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
         check_pretrained(pretrained)
         rec = recipe_of(recipe)
         qc = {**qc_of(min_speech, asr_model), **({"allow_synthetic": True} if allow_synthetic else {})}
+        if lora_rank is not None:
+            rec["lora_rank"] = lora_rank
+        gate_cfg = gate_of(gate, min_similarity, max_wer)
         quiet_logs()
         from .enroll import enroll_batch
 
         with progress_bars():
-            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus, qc=qc)
+            summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus, qc=qc,
+                                   gate=gate_cfg, workers=workers)
         raise typer.Exit(print_enroll(summary))
+
+
+def gate_of(mode: str, min_similarity: float, max_wer: float) -> dict:
+    from voicefleet.tasks.evaluate import Gate
+
+    if mode not in ("enforce", "report", "off"):
+        raise CLIError(f"--gate {mode!r} is not one of enforce, report, off", EXIT_BAD_INPUT)
+    try:
+        return Gate(mode=mode, min_similarity=min_similarity, max_wer=max_wer).model_dump()
+    except ValueError as e:
+        raise CLIError(f"invalid gate: {e}", EXIT_BAD_INPUT) from e
 
 
 @app.command()
@@ -382,6 +402,14 @@ def voices_list(store: str = StoreOpt):
         console.print(t)
 
 
+def version_summary(v) -> dict:
+    """What made a version and how it scored: base, recipe, pipeline, evaluation figures, gate."""
+    ev = v.evaluation
+    return {"version": v.version, "created_at": v.created_at.isoformat(), "base_model": v.base_model,
+            "pipeline_version": v.pipeline_version, "kind": "lora" if "lora" in v.files else "full",
+            "recipe": v.recipe, "similarity": ev.get("similarity"), "wer": ev.get("wer"), "gate": ev.get("gate")}
+
+
 @voices_app.command("show")
 def voices_show(voice: str = typer.Argument(..., help="Voice id."), store: str = StoreOpt):
     """One voice: record, grants and its current version."""
@@ -393,7 +421,34 @@ def voices_show(voice: str = typer.Argument(..., help="Voice id."), store: str =
             v = reg.version(voice, rec.current_version).model_dump(mode="json")
             v["prompt_tokens"] = f"{len(v['prompt_tokens'])} tokens"
             out["current_version"] = v
+        out["versions"] = [version_summary(reg.version(voice, n)) for n in rec.versions]
         console.print_json(json.dumps(out, default=str))
+
+
+@voices_app.command("rollback")
+def voices_rollback(voice: str = typer.Argument(..., help="Voice id."),
+                    to: Optional[int] = typer.Option(None, "--to", help="Version to make current (default: the one before the current)."),
+                    store: str = StoreOpt):
+    """Make an earlier version of a voice current again."""
+    with handled():
+        from voicefleet.tasks.registry import UnknownVersion
+
+        reg = _registry(store)
+        rec = reg.get(voice)
+        if to is None:
+            earlier = [v for v in rec.versions if rec.current_version is None or v < rec.current_version]
+            if not earlier:
+                raise UnknownVersion(f"voice {voice} has no version before {rec.current_version} "
+                                     f"(versions: {', '.join(map(str, rec.versions)) or 'none'})")
+            to = max(earlier)
+        before = rec.current_version
+        after = reg.rollback(voice, to)
+        v = reg.version(voice, to)
+        gate = v.evaluation.get("gate", {})
+        console.print(f"voice {voice}: current version {before or '-'} -> {after.current_version} "
+                      f"(base {v.base_model}, {v.pipeline_version or 'pipeline version not recorded'}, "
+                      f"gate {'passed' if gate.get('passed') else 'not passed: ' + '; '.join(gate.get('reasons', [])) if gate else 'not recorded'})",
+                      highlight=False)
 
 
 def _job_meta(s, job: str) -> dict:
@@ -503,12 +558,17 @@ def demo(store: str = StoreOpt,
         from .render import render_script
 
         rec = recipe_of("demo" if not pretrained else "default")
+        # the tiny random base cannot make speech, so its voices would all fail the quality gate:
+        # without --pretrained the demo records the gate's verdict but does not enforce it
+        gate_mode = "enforce" if pretrained else "report"
+        console.print(f"quality gate: {gate_mode}" + ("" if pretrained else
+                      " (report only: voices from the untrained tiny base cannot pass it; their figures are recorded)"))
         with progress_bars():
             from voicefleet.tasks.speech_checks import QCConfig
 
             # the demo's six short takes per voice (~17 s of speech) pass the demo's own lower minimum
             summary = enroll_batch(s.url("demo/enroll"), store, pretrained=pretrained, recipe=rec,
-                                   qc=QCConfig.demo().model_dump(exclude_defaults=True))
+                                   qc=QCConfig.demo().model_dump(exclude_defaults=True), gate=gate_of(gate_mode, 0.75, 0.35))
         enroll_code = print_enroll(summary)
         voices = [r["speaker"] for r in summary["speakers"] if r["status"] in ("accepted", "unchanged")]
         if not voices:

@@ -1,8 +1,10 @@
 """Prefect flow `enroll_batch`: enrollment uploads -> checked datasets -> fine-tuned, registered voices.
 
     discover speakers -> prepare (ingest, checks, features; Ray task per speaker)
-      -> train (fine-tune + evaluation clip; Ray task per speaker, GPU if asked)
-      -> register (immutable version, current) -> report (Parquet + Prefect table artifact)
+      -> train (tasks/train_scheduler.py: a pool of trainer actors, one voice at a time each, GPU
+         fractions if asked; per-epoch checkpoints; evaluation sentences + quality gate)
+      -> register (immutable version; current unless the gate held it back)
+      -> report (Parquet + Prefect table artifact)
 """
 from __future__ import annotations
 
@@ -18,14 +20,16 @@ from prefect.artifacts import create_table_artifact
 
 from voicefleet.tasks import audit
 from voicefleet.tasks.base_model import base_spec
+from voicefleet.tasks.base_store import publish_base
 from voicefleet.tasks.consent import registry_terms
-from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray, train_voice
+from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray
 from voicefleet.tasks.finetune import Recipe
 from voicefleet.tasks.ingest import discover_speakers
 from voicefleet.tasks.ingest_report import artifact_rows, report_row, write_report
 from voicefleet.tasks.registry import RegistryError, VoiceRegistry
 from voicefleet.tasks.runtime import Resources, ensure_ray
 from voicefleet.tasks.storage import Store
+from voicefleet.tasks.train_scheduler import train_voices
 from voicefleet.tasks.upload_fingerprint import model_identity
 from voicefleet.tasks.voice_ids import assign_voice_ids
 
@@ -65,7 +69,8 @@ def prepare(src: str, store: str, speakers: list[str], base: str, run_id: str, q
 
 
 @task
-def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, resources: Resources) -> list[SpeakerResult]:
+def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, resources: Resources,
+          gate: dict | None = None, workers: int | None = None) -> list[SpeakerResult]:
     registry = VoiceRegistry(Store(store))
     ready = []
     out = []
@@ -78,9 +83,9 @@ def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, re
             out.append(p.model_copy(update={"status": "failed", "reasons": [str(e)]}))
     report("train", total=len(ready), done=0)
     done = []
-    calls = [(p.speaker_id, (store, p, base, recipe, resources.device)) for p in ready]
-    out += run_on_ray(train_voice, calls, resources,
-                      on_done=lambda r: (done.append(r), report("train", total=len(ready), done=len(done))))
+    base_ref = publish_base(Store(store), base)  # the shared base, read once per training worker
+    out += train_voices(store, ready, base_ref, recipe, gate, resources, workers=workers,
+                        on_done=lambda r: (done.append(r), report("train", total=len(ready), done=len(done))))
     return out
 
 
@@ -96,18 +101,23 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict) -> list[Spe
                 pass
             out.append(r)
             continue
-        files = {"gpt": f"{r.run_prefix}/gpt.ckpt", "sovits": f"{r.run_prefix}/sovits.pth",
-                 "ref_wav": f"{r.run_prefix}/ref.wav", "dataset": f"{r.run_prefix}/dataset.parquet",
-                 "eval": f"{r.run_prefix}/eval.flac"}
         metrics = dict(r.metrics, source_hash=r.source_hash, seconds=r.seconds)
+        verdict = r.evaluation.get("gate", {})
+        held = verdict.get("mode") == "enforce" and not verdict.get("passed", True)
         try:
             v = registry.add_version(r.speaker_id, {
                 "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
-                "files": files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
+                "files": r.files, "ref_text": r.ref_text or "", "ref_language": r.ref_language or "",
                 "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent,
-                "consent_check": r.consent_check})
+                "consent_check": r.consent_check, "pipeline_version": r.pipeline_version, "evaluation": r.evaluation},
+                make_current=not held, held_back="below the quality gate: " + "; ".join(verdict.get("reasons", [])))
         except (RegistryError, ValueError) as e:  # one speaker's registry problem never stops the batch
             out.append(r.model_copy(update={"status": "failed", "reasons": [f"could not register: {e}"]}))
+            continue
+        if held:
+            out.append(r.model_copy(update={"status": "gated", "voice_version": v.version, "reasons": [
+                f"version {v.version} registered but not current: below the quality gate: "
+                + "; ".join(verdict.get("reasons", []))]}))
             continue
         out.append(r.model_copy(update={"status": "accepted", "voice_version": v.version}))
     return out
@@ -121,7 +131,7 @@ def summarize(store: str, run_id: str, results: list[SpeakerResult]) -> dict:
     write_report(s, key, rows)
     audit_enrollment(s, run_id, results)
     rows = artifact_rows(rows)
-    counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed")}
+    counts = {k: sum(1 for r in results if r.status == k) for k in ("accepted", "unchanged", "rejected", "failed", "gated")}
     try:
         create_table_artifact(table=rows or [{"speaker": "-", "status": "no speakers found"}], key="enroll-summary",
                               description=f"Enrollment run {run_id}: {counts}. Report: {s.url(key)}")
@@ -142,8 +152,13 @@ def audit_enrollment(store: Store, run_id: str, results: list[SpeakerResult]) ->
 
 @flow(name="enroll-batch", log_prints=True)
 def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = None, recipe: dict | None = None,
-                 num_gpus: float = 0.0, num_cpus: float = 1.0, qc: dict | None = None) -> dict:
-    """Enroll every speaker folder under `src` into the voice registry of `store`."""
+                 num_gpus: float = 0.0, num_cpus: float = 1.0, qc: dict | None = None, gate: dict | None = None,
+                 workers: int | None = None) -> dict:
+    """Enroll every speaker folder under `src` into the voice registry of `store`.
+
+    `gate`: tasks/evaluate.Gate fields (mode "enforce" | "report" | "off", thresholds); `workers`:
+    training actors (default: as many as the cluster fits at `num_cpus` / `num_gpus` each).
+    """
     dashboard = ensure_ray()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     base = base_spec(pretrained)
@@ -153,7 +168,7 @@ def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = 
     identity = model_identity(base, recipe, qc)  # an unchanged upload with a new base or recipe retrains
     prepared = prepare(src, store, speakers, base, run_id, qc, resources, identity)
     ok = [p for p in prepared if p.status == "prepared"]
-    trained = train(store, ok, base, recipe, resources) if ok else []
+    trained = train(store, ok, base, recipe, resources, gate, workers) if ok else []
     registered = register(store, trained, recipe)
     summary = summarize(store, run_id, [p for p in prepared if p.status != "prepared"] + registered)
     return {**summary, "dashboard": dashboard}

@@ -33,6 +33,7 @@ from voicefleet.tasks.render_plan import Plan, plan_script, todo_prefix, write_t
 from voicefleet.tasks.runtime import Resources, check_store_for_cluster, ensure_ray
 from voicefleet.tasks.shards import index_glob, job_prefix
 from voicefleet.tasks.principal import resolve_principal
+from voicefleet.tasks.registry import check_principal
 from voicefleet.tasks.storage import Store, safe_id
 
 from .progress import report

@@ -1,9 +1,15 @@
 """Training steps for fine-tuning a voice: SoVITS (GAN + mel + KL) and GPT (cross-entropy).
 
-These are the units a fine-tune recipe calls in its loop; they own the optimisers and mixed
-precision (fp16 with a grad scaler, or bf16, on CUDA; fp32 on CPU) and return plain floats.
-Hyperparameters follow the reference s2.json (AdamW lr 1e-4, betas (0.8, 0.99), mel x45, KL x1,
-text-side modules at 0.4x lr); the GPT uses AdamW instead of the reference's ScaledAdam.
+These are the units a fine-tune recipe calls in its loop; they own the optimisers, the learning
+rate schedules and mixed precision (fp16 with a grad scaler, or bf16, on CUDA; fp32 on CPU) and
+return plain floats. Hyperparameters follow the reference s2.json (AdamW lr 1e-4, betas
+(0.8, 0.99), mel x45, KL x1, text-side modules at 0.4x lr, lr x0.999875 per epoch); the GPT uses
+AdamW with a linear warm-up instead of the reference's ScaledAdam.
+
+Only parameters with `requires_grad` are optimised, so a model with frozen base weights and
+LoRA adapters (model/lora.py) trains its adapters only. `state_dict()` holds everything a resumed
+run needs (trainable weights, optimisers, schedulers, grad scaler); frozen weights are left out,
+as a resumed run rebuilds them from the same base.
 """
 from __future__ import annotations
 
@@ -49,6 +55,41 @@ class GPTBatch:
                                                    self.semantic_lengths)))
 
 
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (frozen base weights are rebuilt from the base)."""
+    return {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
+
+
+def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    missing = sorted(k for k, p in params.items() if p.requires_grad and k not in state)
+    unknown = sorted(set(state) - set(params))
+    if missing or unknown:
+        raise ValueError(f"training state does not match the model: missing {missing[:3]}, unknown {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def enable_gradient_checkpointing(gpt: Text2SemanticDecoder) -> None:
+    """Recompute each GPT layer's activations in the backward pass instead of keeping them.
+
+    Trades ~1 extra forward per step for activation memory that no longer grows with the layer
+    count (24 layers at v2 size). Inference (a KV cache, or no grad) is unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in gpt.h.layers:
+        plain = layer.forward
+
+        def forward(x, allowed, cache=None, index=0, _plain=plain):
+            if cache is None and torch.is_grad_enabled():
+                return checkpoint(_plain, x, allowed, None, index, use_reentrant=False)
+            return _plain(x, allowed, cache, index)
+
+        layer.forward = forward
+
+
 def _autocast(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
@@ -73,12 +114,18 @@ class SoVITSTrainer:
             frozen = {id(p) for m in (self.net_g.ssl_proj, self.net_g.quantizer) for p in m.parameters()}
             for m in (self.net_g.ssl_proj, self.net_g.quantizer):
                 m.requires_grad_(False)
-        base = [p for p in self.net_g.parameters() if id(p) not in slow_ids and id(p) not in frozen]
+        base = [p for p in self.net_g.parameters() if id(p) not in slow_ids and id(p) not in frozen and p.requires_grad]
         groups = [{"params": base, "lr": lr}] + [
-            {"params": list(m.parameters()), "lr": lr * self.cfg.text_low_lr_rate} for m in slow]
+            {"params": [p for p in m.parameters() if p.requires_grad], "lr": lr * self.cfg.text_low_lr_rate} for m in slow]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError("SoVITS has no trainable parameters")
         opt = dict(betas=self.cfg.betas, eps=self.cfg.eps)
         self.optim_g = torch.optim.AdamW(groups, lr=lr, **opt)
         self.optim_d = torch.optim.AdamW(self.net_d.parameters(), lr=lr, **opt)
+        # the reference decays both learning rates by lr_decay once per epoch
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=self.cfg.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=self.cfg.lr_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and precision == "fp16")
 
     def step(self, batch: SoVITSBatch) -> dict[str, float]:
@@ -112,26 +159,39 @@ class SoVITSTrainer:
         out = {"loss_d": loss_d, "loss_g": loss_g, "mel": loss_mel, "kl": loss_kl, "fm": loss_fm, "gen": loss_gen}
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
 
+    def end_epoch(self) -> None:
+        self.sched_g.step()
+        self.sched_d.step()
+
     def state_dict(self) -> dict:
-        return {"net_g": self.net_g.state_dict(), "net_d": self.net_d.state_dict(), "optim_g": self.optim_g.state_dict(),
-                "optim_d": self.optim_d.state_dict(), "scaler": self.scaler.state_dict()}
+        return {"net_g": trainable_state(self.net_g), "net_d": self.net_d.state_dict(),
+                "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.net_g.load_state_dict(state["net_g"])
+        load_trainable_state(self.net_g, state["net_g"])
         self.net_d.load_state_dict(state["net_d"])
         self.optim_g.load_state_dict(state["optim_g"])
         self.optim_d.load_state_dict(state["optim_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
         self.scaler.load_state_dict(state["scaler"])
 
 
 class GPTTrainer:
     def __init__(self, gpt: Text2SemanticDecoder, device: str | torch.device = "cpu", precision: str = "fp32",
-                 lr: float = 2e-4, weight_decay: float = 0.01, grad_clip: float = 1.0):
+                 lr: float = 2e-4, weight_decay: float = 0.01, grad_clip: float = 1.0, warmup_steps: int = 0):
         self.device = torch.device(device)
         self.precision = precision
         self.gpt = gpt.to(self.device).train()
         self.grad_clip = grad_clip
-        self.optim = torch.optim.AdamW(self.gpt.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        self.params = [p for p in self.gpt.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("GPT has no trainable parameters")
+        self.optim = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        # linear warm-up over `warmup_steps` optimiser steps, then constant
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and precision == "fp16")
 
     def step(self, batch: GPTBatch) -> dict[str, float]:
@@ -141,9 +201,10 @@ class GPTTrainer:
         self.optim.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optim)
-        torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), self.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optim)
         self.scaler.update()
+        self.sched.step()
         with torch.no_grad():
             keep = torch.arange(logits.shape[1], device=self.device)[None] <= b.semantic_lengths[:, None]
             target = F.pad(b.semantic, (0, 1), value=self.gpt.cfg.eos)
@@ -152,12 +213,17 @@ class GPTTrainer:
             acc = (logits.argmax(-1) == target)[keep].float().mean()
         return {"loss": float(loss.detach()), "acc": float(acc)}
 
+    def end_epoch(self) -> None:
+        pass  # the GPT's schedule is per step
+
     def state_dict(self) -> dict:
-        return {"gpt": self.gpt.state_dict(), "optim": self.optim.state_dict(), "scaler": self.scaler.state_dict()}
+        return {"gpt": trainable_state(self.gpt), "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gpt.load_state_dict(state["gpt"])
+        load_trainable_state(self.gpt, state["gpt"])
         self.optim.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
         self.scaler.load_state_dict(state["scaler"])
 
 

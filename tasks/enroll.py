@@ -1,33 +1,26 @@
-"""Enrollment units of work, run on Ray: prepare a speaker (ingest, checks, features) and train a
-voice (fine-tune, evaluation clip, checkpoints). Each returns a small record; datasets and
-checkpoints go to the object store under `voices/<voice_id>/runs/<run_id>/`.
+"""Enrollment units of work, run on Ray: prepare a speaker (ingest, checks, features); training a
+voice is tasks/train_unit.py. Each returns a small record; datasets and checkpoints go to the
+object store under `voices/<voice_id>/runs/<run_id>/`.
 
 A speaker that fails any step becomes a result with its reasons; the others go on.
 """
 from __future__ import annotations
 
-import io
-import time
-import traceback
 from typing import Callable, Iterable
 
-import numpy as np
 import ray
 from pydantic import BaseModel, Field
 
-from .audio import encode_flac, encode_wav, load_audio
+from .audio import encode_wav
 from .base_model import load_base
 from .decode import DECODE_CALLS
-from .features import FeatureError, build_dataset, read_dataset, reference_prompt
-from .finetune import Recipe, TrainingFailed, finetune
+from .features import FeatureError, build_dataset, reference_prompt
 from .ingest import SR, QCConfig, RejectedSpeaker, ingest_speaker
 from .ingest_report import cached_rejection, remember_rejection
 from .upload_fingerprint import upload_fingerprint
 from .voice_ids import voice_id_for
 from .runtime import Resources
 from .storage import InvalidId, Store
-
-EVAL_TEXT = {"en": "This is my new voice, rendered by voicefleet.", "zh": "这是我的新声音。"}
 
 
 class SpeakerResult(BaseModel):
@@ -52,6 +45,10 @@ class SpeakerResult(BaseModel):
     display_name: str = ""  # the upload folder's name
     utterances: int = 0
     files_decoded: int = 0  # work done by this run's ingest (0 for an unchanged upload)
+    # set by a training unit (tasks/train_unit.py)
+    files: dict[str, str] = Field(default_factory=dict)
+    evaluation: dict = Field(default_factory=dict)
+    pipeline_version: str = ""
 
 
 def run_prefix(voice_id: str, run_id: str) -> str:
@@ -107,51 +104,6 @@ def prepare_speaker(src_uri: str, store_uri: str, speaker: str, base_spec: str, 
     return SpeakerResult(status="prepared", run_prefix=prefix, ref_text=upload.reference.text,
                          ref_language=upload.reference.language, prompt_tokens=tokens.tolist(),
                          warnings=upload.file_problems + problems, **common)
-
-
-def train_voice(store_uri: str, prepared: SpeakerResult, base_spec: str, recipe: dict, device: str = "cpu") -> SpeakerResult:
-    """Fine-tune from the base, save official-format checkpoints, render an evaluation clip."""
-    import torch
-
-    from voicefleet.model.checkpoint import save_gpt, save_sovits
-    from voicefleet.model.synthesizer import LineRequest, LineSettings, Synthesizer, VoicePrompt
-
-    store, prefix = Store(store_uri), prepared.run_prefix
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-                          if ray.is_initialized() else torch.get_num_threads())
-    try:
-        base = load_base(base_spec)
-        frontend = make_frontend(base.bert_dir)
-        rows = read_dataset(store.read_bytes(f"{prefix}/dataset.parquet"))
-        for r in rows:
-            r["bert"] = frontend.features(r["text"], r["language"]).bert
-        result = finetune(rows, base.gpt, base.sovits, Recipe(**recipe), device, base.discriminator_state,
-                          log=lambda *_: None)
-        for name, save, model in (("gpt.ckpt", save_gpt, result.gpt), ("sovits.pth", save_sovits, result.sovits)):
-            buf = io.BytesIO()
-            save(model, buf, info=f"voicefleet {prepared.speaker_id}")
-            store.write_bytes(f"{prefix}/{name}", buf.getvalue())
-        # evaluation clip: the new voice speaking a fixed sentence
-        ref = load_audio(store.read_bytes(f"{prefix}/ref.wav"), SR, name="ref.wav")
-        synth = Synthesizer(frontend, device=device)
-        voice = synth.load_voice(result.gpt, result.sovits, VoicePrompt(
-            ref, prepared.ref_text, prepared.ref_language, np.asarray(prepared.prompt_tokens)))
-        lang = prepared.ref_language if prepared.ref_language in EVAL_TEXT else "en"
-        t0 = time.perf_counter()
-        out = synth.synthesize(voice, [LineRequest(EVAL_TEXT[lang], lang, LineSettings(seed=0))])[0]
-        if isinstance(out, Exception):
-            raise TrainingFailed(f"evaluation clip failed: {out}")
-        store.write_bytes(f"{prefix}/eval.flac", encode_flac(out.wav, out.sample_rate))
-        eval_s = len(out.wav) / out.sample_rate
-        metrics = dict(result.metrics, eval_seconds=round(eval_s, 2),
-                       eval_rtf=round((time.perf_counter() - t0) / max(eval_s, 1e-6), 3),
-                       eval_truncated=out.truncated, base_model=base.name, untrained_base=base.untrained)
-    except (TrainingFailed, ValueError, RuntimeError) as e:
-        return prepared.model_copy(update={"status": "failed", "reasons": [f"{type(e).__name__}: {e}"]})
-    except Exception as e:  # noqa: BLE001 — report, never crash the batch
-        return prepared.model_copy(update={"status": "failed", "reasons": [
-            f"unexpected {type(e).__name__}: {e}", traceback.format_exc(limit=3)]})
-    return prepared.model_copy(update={"status": "trained", "metrics": metrics})
 
 
 def run_on_ray(fn: Callable, calls: Iterable[tuple[str, tuple]], resources: Resources,

@@ -84,6 +84,7 @@ REGISTRY_PREFIX = "registry"
 VOICES_PREFIX = "voices"
 STATUSES = ("queued", "training", "ready", "failed")
 REQUIRED_FILES = ("gpt", "sovits")
+REQUIRED_LORA_FILES = ("lora", "base_gpt", "base_sovits")
 
 Status = Literal["queued", "training", "ready", "failed"]
 
@@ -170,7 +171,8 @@ class NewVersion(BaseModel):
     untrained: bool
     """True when the base had random weights: its audio is not speech-like."""
     files: dict[str, str]
-    """Store keys of the version's artifacts: "gpt", "sovits" (required), "ref_wav", "dataset", ..."""
+    """Store keys of the version's artifacts: "gpt", "sovits" (or, for a LoRA voice, "lora" with
+    "base_gpt", "base_sovits"), "ref_wav", "dataset", "eval", ..."""
     ref_text: str = ""
     ref_language: str = ""
     prompt_tokens: list[int] = Field(default_factory=list)
@@ -181,11 +183,16 @@ class NewVersion(BaseModel):
     """Snapshot of the consent record the version was trained under."""
     consent_check: dict[str, Any] = Field(default_factory=dict)
     """The consent clip's verdict with its measured figures (tasks/consent_verify.py)."""
+    pipeline_version: str = ""
+    """The voicefleet release that trained it (with `base_model` and `recipe`: what made it)."""
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    """Figures of the evaluation sentences (similarity, WER, clips) and the gate's verdict."""
 
     @field_validator("files")
     @classmethod
     def _has_checkpoints(cls, files: dict[str, str]) -> dict[str, str]:
-        missing = [name for name in REQUIRED_FILES if not files.get(name)]
+        required = REQUIRED_LORA_FILES if "lora" in files else REQUIRED_FILES
+        missing = [name for name in required if not files.get(name)]
         if missing:
             raise ValueError(f"files must name {', '.join(missing)} (got {sorted(files)})")
         return files
@@ -354,12 +361,15 @@ class VoiceRegistry:
 
         return self._update(voice_id, change)
 
-    def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True) -> VersionRecord:
+    def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True,
+                    make_current: bool = True, held_back: str | None = None) -> VersionRecord:
         """Register a new immutable version; it becomes current and the voice "ready".
 
         The version's files must already be in the store (`MissingVersionFile` otherwise,
         unless `check_files` is False). Its number is 1 + the highest registered version, or
-        higher when another writer took that number first.
+        higher when another writer took that number first. With `make_current=False` (a version
+        the quality gate held back) it is listed but the current version stays; `held_back` is
+        the reason, kept as the voice's status reason (status "failed" if it has no current one).
         """
         voice_id = safe_id(voice_id, "voice id")
         new = new if isinstance(new, NewVersion) else NewVersion.model_validate(new)
@@ -378,8 +388,12 @@ class VoiceRegistry:
             n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
 
         def change(record: VoiceRecord) -> VoiceRecord:
-            return record.replace(versions=sorted({*record.versions, n}), current_version=n,
-                                  status="ready", status_reason=None)
+            versions = sorted({*record.versions, n})
+            if not make_current:
+                reason = f"version {n} not made current: {held_back or 'held back'}"
+                return record.replace(versions=versions, status="ready" if record.current_version else "failed",
+                                      status_reason=reason)
+            return record.replace(versions=versions, current_version=n, status="ready", status_reason=None)
 
         self._update(voice_id, change)
         return version

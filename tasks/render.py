@@ -115,14 +115,14 @@ class SynthesizeLines:
         return loaded
 
     def _load(self, voice_id: str, version: str):
-        from voicefleet.model.checkpoint import load_gpt, load_sovits
         from voicefleet.model.synthesizer import VoicePrompt
+
+        from .voice_artifacts import load_voice_models
 
         rec = self.records.get(voice_id)
         if rec is None or str(rec.version) != str(version):
             raise LookupError(f"voice {voice_id} v{version} was not authorized by this run's plan")
-        gpt = load_gpt(self.store.read_bytes(rec.files["gpt"])).model
-        sovits = load_sovits(self.store.read_bytes(rec.files["sovits"])).model
+        gpt, sovits = load_voice_models(self.store, rec.files)  # full checkpoints, or shared base + LoRA delta
         ref = load_audio(self.store.read_bytes(rec.files["ref_wav"]), sovits.cfg.sampling_rate, name="ref.wav")
         if self.settings.qc.mode_for(rec.untrained) != "off":
             self.qc.add_reference((voice_id, version), ref, sovits.cfg.sampling_rate)

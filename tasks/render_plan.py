@@ -63,9 +63,10 @@ class VoiceAuthorizer:
     """principal x voice -> VoiceDecision, reading the registry once per voice."""
 
     def __init__(self, store: Store, principal: str):
+        from .access import email_domain
         from .registry import VoiceRegistry
 
-        self.registry = VoiceRegistry(store)
+        self.registry = VoiceRegistry(store, org_of=email_domain)
         self.principal = principal
         self.decisions: dict[str, VoiceDecision] = {}
 
