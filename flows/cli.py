@@ -536,7 +536,8 @@ def jobs_report(job: str = typer.Argument(..., help="Render job id."), store: st
 @app.command()
 def demo(store: str = StoreOpt,
          speakers: int = typer.Option(3, min=1, max=6, help="Demo speakers (distinct voices from pip packages)."),
-         lines: int = typer.Option(300, min=1, help="Script lines to render."),
+         lines: int = typer.Option(60, min=1, help="Script lines to render (each is watermarked and checked by "
+                                    "ASR + speaker similarity on the CPU: a few seconds per line on 2 cores)."),
          pretrained: Optional[str] = typer.Option(None, help="Official pretrained folder (default: tiny random model).")):
     """Build a demo enrollment set, enroll it, render a script, and print where everything is."""
     with handled():
