@@ -183,17 +183,17 @@ class DecodeEngine:
         st.last[:b] = tok
         st.fed[:b] = live
 
-    def _feed(self, st: _State, b: int, S: int) -> None:
-        """Run each row's new token through the transformer: its key/value go to cur_len."""
+    def _feed(self, st: _State, b: int, S: int, masked: bool = True) -> None:
+        """Run each row's new token through the transformer: its key/value go to cur_len.
+        `masked=False` when every row attends to all S positions (one row, S = its cur_len + 1)."""
         m = self.model
         tok, live, cur_len = st.last[:b], st.fed[:b], st.cur_len[:b]
-        ar = torch.arange(b, device=tok.device)
         pos = st.sem_pos[:b]
         x = m.ar_audio_embedding(tok[:, None])
         x = x + m.ar_audio_position.alpha * m.ar_audio_position.pe[pos][:, None].to(x.dtype)
-        mask = (torch.arange(S, device=tok.device)[None] <= cur_len[:, None])[:, None, None, :]
+        mask = (torch.arange(S, device=tok.device)[None] <= cur_len[:, None])[:, None, None, :] if masked else None
         for i, layer in enumerate(m.h.layers):
-            x = _layer_step(layer, x, st.k[i][:b, :, :S], st.v[i][:b, :, :S], ar, cur_len, mask)
+            x = _layer_step(layer, x, st.k[i][:b, :, :S], st.v[i][:b, :, :S], cur_len, mask)
         st.logits[:b] = m.ar_predict_layer(x[:, -1]).float()
         pos += live.long()
         cur_len += live.long()
@@ -284,13 +284,13 @@ class DecodeEngine:
                 for _ in range(self.sync_every):
                     st.graphs[rows].replay()
             else:
-                # eager: attend only to the filled prefix of the cache
-                S_eff = min(S_buf, int(st.cur_len[:b].max()) + self.sync_every + 1)
+                # eager: attend only to the filled prefix of the cache (no mask at all for one row)
+                longest = int(st.cur_len[:b].max())
                 for i in range(self.sync_every):
                     self._sample(st, b, use_top_p)
                     if i == self.sync_every - 1 and bool(st.done[:b].all()):
                         break  # nobody needs the next logits
-                    self._feed(st, b, S_eff)
+                    self._feed(st, b, min(S_buf, longest + i + 1), masked=b > 1)
             self.steps += self.sync_every
             done = st.done[:b].cpu()
             finished = [r for r in range(b) if slot_job[r] is not None and bool(done[r])]
@@ -329,17 +329,17 @@ class DecodeEngine:
         return len(live)
 
 
-def _layer_step(layer, x: torch.Tensor, K: torch.Tensor, V: torch.Tensor, ar: torch.Tensor,
-                cur_len: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _layer_step(layer, x: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cur_len: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
     """One post-norm transformer layer for one new token per row. x (b, 1, C); K, V (b, H, S, D)."""
     attn = layer.self_attn
     b, _, C = x.shape
     H = attn.n_head
     q, k, v = attn.project(x).chunk(3, dim=-1)
     q, k, v = (t.view(b, 1, H, C // H).transpose(1, 2) for t in (q, k, v))
-    at = cur_len.clamp(max=K.shape[2] - 1)
-    K[ar, :, at] = k[:, :, 0]
-    V[ar, :, at] = v[:, :, 0]
+    at = cur_len.clamp(max=K.shape[2] - 1)[:, None, None, None].expand(b, H, 1, C // H)
+    K.scatter_(2, at, k)  # row r's key/value at its own position cur_len[r]
+    V.scatter_(2, at, v)
     y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
     x = layer.norm1(x + attn.out_proj(y.transpose(1, 2).reshape(b, 1, C)))
     return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))

@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from voicefleet.flows.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, app
 from voicefleet.tasks.principal import InvalidToken, LocalModeRequired, mint_token, resolve_principal, verify_token
 from voicefleet.tasks.registry import ConsentWithdrawn, NewVersion, VoiceRegistry
-from voicefleet.tasks.script import ScriptInfo
 from voicefleet.tasks.storage import Store
 
 OWNER = "user:ada@example.com"
@@ -37,11 +36,10 @@ def ready_voice(store: Store, voice: str = "ada", sharing="public", expires: dat
 
 
 def flow_decisions(store: Store, principal: str) -> dict:
-    """The render flow's own authorization step (a Prefect task, called as a function: no Ray)."""
-    from voicefleet.flows.render import authorize
+    """The render plan's own authorization step (what `render_script` decides per voice: no Ray)."""
+    from voicefleet.tasks.render_plan import VoiceAuthorizer
 
-    info = ScriptInfo(url="mem://script.csv", format="csv", lines=1, columns=[], voices={"ada": 1})
-    return authorize.fn(store.uri, info, principal)
+    return {"ada": VoiceAuthorizer(store, principal)("ada")}
 
 
 @pytest.fixture
