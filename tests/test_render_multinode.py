@@ -20,6 +20,7 @@ from voicefleet.tasks.storage import Store
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
+RAY_AUTH_MODE_OFF = {"RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on 127.0.0.1; clients need no token
 
 
 def free_port() -> int:
@@ -39,8 +40,8 @@ def ray_start(*args: str, env: dict) -> subprocess.Popen:
 def two_nodes(s3_server):
     port = free_port()
     temp = tempfile.mkdtemp(prefix="vf2n-", dir="/tmp")   # short: Ray's socket paths must stay < 108 chars
-    env = dict(os.environ, RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE_OFF, RAY_agent_register_timeout_ms="180000")  # slow agents on a busy machine
     head = ray_start("--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard", "false", env=env)
     procs = [head]
     address = f"127.0.0.1:{port}"
@@ -50,7 +51,8 @@ def two_nodes(s3_server):
         deadline = time.time() + 180
         code = f"import ray; ray.init(address={address!r}); print(len([n for n in ray.nodes() if n['Alive']]))"
         while True:
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                 env=dict(os.environ, **RAY_AUTH_MODE_OFF))
             if out.stdout.strip().endswith("2"):
                 break
             assert time.time() < deadline, f"the second node did not join: {out.stdout[-500:]} {out.stderr[-1500:]}"
@@ -83,7 +85,7 @@ def write_script(store: Store, n: int, voices: list[str]) -> str:
 
 
 def cli(*args: str, address: str):
-    env = dict(os.environ, RAY_ADDRESS=address, COLUMNS="250")
+    env = dict(os.environ, RAY_ADDRESS=address, COLUMNS="250", **RAY_AUTH_MODE_OFF)
     return subprocess.run([sys.executable, "-m", "voicefleet.flows.cli", *args], env=env, capture_output=True,
                           text=True, timeout=900)
 
