@@ -119,7 +119,7 @@ def main() -> None:
     a_s, a_audio = naive(store, rows, args)
     print(f"(a) naive loop      {args.lines / a_s:7.2f} lines/s  {a_audio / a_s:7.2f} audio s/s  ({a_s:.1f} s, "
           f"{a_audio:.1f} s audio)")
-    ensure_ray(num_cpus=max(2, args.threads * max(int(x) for x in args.actors.split(","))))
+    ensure_ray(num_cpus=args.threads * max(int(x) for x in args.actors.split(",")) + 1)
     for actors in [int(x) for x in args.actors.split(",")]:
         b_s, b_audio, ok = pipeline(store, script, actors, args)
         print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "

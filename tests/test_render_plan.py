@@ -255,3 +255,16 @@ def test_planning_memory_stays_flat(tmp_path):
     # Arrow batches of 16k rows and DuckDB's 256 MB limit, not the script, set the peak. Holding the
     # 200k rows as Python dicts would take ~300 MB more on top.
     assert peaks[200_000] < 300 and peaks[200_000] - peaks[20_000] < 150, peaks
+
+
+def test_a_local_folder_store_is_refused_on_a_multi_node_cluster(local_store, s3_store, monkeypatch):
+    import ray
+
+    from voicefleet.tasks.runtime import LocalStoreOnCluster, check_store_for_cluster
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    with pytest.raises(LocalStoreOnCluster, match="is a local folder but the Ray cluster has 2 nodes"):
+        check_store_for_cluster(local_store)
+    check_store_for_cluster(s3_store)   # an object store is reachable from every node
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    check_store_for_cluster(local_store)
