@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,34 +82,6 @@ def pipeline(store, script, actors, args) -> tuple[float, float, int]:
     return seconds, counts.audio_s, counts.ok
 
 
-PLAN_CODE = """
-import re, sys, time
-from voicefleet.tasks.render_plan import plan_script, write_todo
-from voicefleet.tasks.storage import Store
-n, d = int(sys.argv[1]), sys.argv[2]
-with open(f"{d}/p{n}.csv", "w") as f:
-    f.write("line_id,voice_id,text,language\\n")
-    for i in range(n):
-        f.write(f"l{i},v{i % 50},Line number {i} of a long script. It has two sentences.,en\\n")
-def hwm():  # peak RSS of this process in KiB (VmHWM; ru_maxrss would include the parent's before exec)
-    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-base = hwm()
-t0 = time.perf_counter()
-store = Store(f"{d}/plan-store-{n}")
-plan = plan_script(f"{d}/p{n}.csv", store, "user:a")
-todo = write_todo(plan, store, "j", 1)
-print(n, todo.lines, (hwm() - base) / 1024, base / 1024,
-      time.perf_counter() - t0)
-"""
-
-
-def plan_memory(n: int, tmp: str) -> tuple[float, float, float]:
-    out = subprocess.run([sys.executable, "-c", PLAN_CODE, str(n), tmp], check=True, capture_output=True, text=True)
-    _, lines, peak, base, seconds = out.stdout.split()
-    assert int(lines) == n
-    return float(peak), float(base), float(seconds)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=24)
@@ -125,6 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
 
+    from plan_memory import plan_memory
     from render_voices import register_tiny_voices
 
     from voicefleet.tasks.runtime import ensure_ray
@@ -147,7 +119,7 @@ def main() -> None:
     a_s, a_audio = naive(store, rows, args)
     print(f"(a) naive loop      {args.lines / a_s:7.2f} lines/s  {a_audio / a_s:7.2f} audio s/s  ({a_s:.1f} s, "
           f"{a_audio:.1f} s audio)")
-    ensure_ray(num_cpus=max(2, args.threads * max(int(x) for x in args.actors.split(","))))
+    ensure_ray(num_cpus=args.threads * max(int(x) for x in args.actors.split(",")) + 1)
     for actors in [int(x) for x in args.actors.split(",")]:
         b_s, b_audio, ok = pipeline(store, script, actors, args)
         print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "

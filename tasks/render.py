@@ -246,7 +246,9 @@ def render_lines(store: Store, job_id: str, todo_keys: list[str], voices: dict[s
     counts = RenderCounts(skipped=skipped)
     if not todo_keys:
         return counts
-    ds = ray.data.read_parquet([store.fs_path(k) for k in todo_keys], filesystem=store.fs)
+    # reads are light: they must not wait for CPUs the synthesis actors hold
+    ds = ray.data.read_parquet([store.fs_path(k) for k in todo_keys], filesystem=store.fs,
+                               ray_remote_args={"num_cpus": 0.1})
     ds = ds.map_batches(SynthesizeLines, batch_format="pyarrow", batch_size=settings.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=settings.actors),
                         fn_constructor_kwargs={"store_uri": store.uri, "settings": settings, "voices": voices,

@@ -17,7 +17,7 @@ from voicefleet.tasks.fault_isolation import is_transient, synthesize_isolated, 
 from voicefleet.tasks.job_index import compact, job_totals, remove_orphans, worst_lines
 from voicefleet.tasks.job_lease import JobLease, JobLeaseHeld
 from voicefleet.tasks.line_checks import LANGUAGES, LineLimits, check_line
-from voicefleet.tasks.render_plan import Plan, plan_script, write_todo
+from voicefleet.tasks.render_plan import plan_script, write_todo
 from voicefleet.tasks.script import ScriptError
 from voicefleet.tasks.shards import job_prefix, read_index, shard_key, write_shard
 from voicefleet.tasks.storage import Store
@@ -248,27 +248,23 @@ def test_transient_errors_are_retried_with_backoff_and_others_are_not():
 
 def test_planning_memory_stays_flat(tmp_path):
     """Driver peak RSS planning 20k vs 200k lines, in fresh processes (see benchmarks for 1e6)."""
-    code = """
-import re, sys, tempfile
-from voicefleet.tasks.render_plan import plan_script, write_todo
-from voicefleet.tasks.storage import Store
-n, d = int(sys.argv[1]), sys.argv[2]
-with open(f"{d}/s{n}.csv", "w") as f:
-    f.write("line_id,voice_id,text,language\\n")
-    for i in range(n):
-        f.write(f"l{i},v{i % 5},Line number {i} of the script. It has two sentences.,en\\n")
-def hwm():  # peak RSS of this process in KiB (VmHWM; ru_maxrss would include the parent's before exec)
-    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-base = hwm()
-store = Store(f"{d}/store{n}")
-plan = plan_script(f"{d}/s{n}.csv", store, "user:a")
-todo = write_todo(plan, store, "j", 1)
-assert todo.lines == n
-print((hwm() - base) // 1024)
-"""
-    peaks = {n: int(subprocess.run([sys.executable, "-c", code, str(n), str(tmp_path)], check=True, capture_output=True,
-                                   text=True).stdout.split()[-1]) for n in (20_000, 200_000)}
+    from plan_memory import plan_memory
+
+    peaks = {n: plan_memory(n, str(tmp_path))[0] for n in (20_000, 200_000)}
     # measured 2026-11-27: +101 MiB at 20k, +190 MiB at 200k (and +260 MiB at 1e6, benchmarks/README.md):
     # Arrow batches of 16k rows and DuckDB's 256 MB limit, not the script, set the peak. Holding the
     # 200k rows as Python dicts would take ~300 MB more on top.
     assert peaks[200_000] < 300 and peaks[200_000] - peaks[20_000] < 150, peaks
+
+
+def test_a_local_folder_store_is_refused_on_a_multi_node_cluster(local_store, s3_store, monkeypatch):
+    import ray
+
+    from voicefleet.tasks.runtime import LocalStoreOnCluster, check_store_for_cluster
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    with pytest.raises(LocalStoreOnCluster, match="is a local folder but the Ray cluster has 2 nodes"):
+        check_store_for_cluster(local_store)
+    check_store_for_cluster(s3_store)   # an object store is reachable from every node
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    check_store_for_cluster(local_store)
