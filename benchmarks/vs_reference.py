@@ -38,13 +38,15 @@ import time
 import types
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # the reference's decode loops draw progress bars (read at import)
 
-from voicefleet.model.checkpoint import load_gpt, load_sovits
-from voicefleet.model.engine import DecodeEngine
-from voicefleet.model.gpt import SamplingParams
-from voicefleet.model.quantize import quantize_gpt_int8
-from voicefleet.model.spectrogram import spectrogram
+import torch  # noqa: E402
+
+from voicefleet.model.checkpoint import load_gpt, load_sovits  # noqa: E402
+from voicefleet.model.engine import DecodeEngine  # noqa: E402
+from voicefleet.model.gpt import SamplingParams  # noqa: E402
+from voicefleet.model.quantize import quantize_gpt_int8  # noqa: E402
+from voicefleet.model.spectrogram import spectrogram  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,7 +61,6 @@ def ref_weights():
 
 def import_reference(path: Path):
     """The reference's GPT and SoVITS classes from a local checkout."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # its decode loops draw progress bars
     root = path / "GPT_SoVITS"
     sys.path.insert(0, str(root))
     if "f5_tts" not in sys.modules:  # imported by the v3 branch of module.models only

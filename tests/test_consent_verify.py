@@ -91,8 +91,8 @@ def test_ingest_rejects_a_speaker_whose_consent_clip_is_someone_else(audio, tmp_
         write_audio(folder / "consent.wav", clip, SR)
         (folder / "consent.json").write_text(consent(speaker_id=name).model_dump_json())
     store = Store(str(tmp_path))
-    ok = ingest_speaker(store, "spk-joe", QCConfig(min_total_s=3))
+    ok = ingest_speaker(store, "spk-joe", QCConfig(min_speech_s=3, recommended_speech_s=3))
     assert ok.consent_check["verdict"] == "verified" and ok.consent_check["speaker_similarity"] >= MIN_SPEAKER_SIMILARITY
     with pytest.raises(RejectedSpeaker, match=r"spk-fake: consent clip does not match the enrolled speaker "
                                               r"\(similarity 0\.\d\d < "):
-        ingest_speaker(store, "spk-fake", QCConfig(min_total_s=3))
+        ingest_speaker(store, "spk-fake", QCConfig(min_speech_s=3, recommended_speech_s=3))

@@ -60,7 +60,7 @@ def prepared(ray_local, s3_server, tmp_path_factory):
         if f.is_file():
             store.put_file(f, f"incoming/{f.relative_to(root).as_posix()}")
     speakers = sorted(p.name for p in root.iterdir() if p.is_dir())
-    calls = [(s, (store.url("incoming"), store.uri, s, "tiny", "run1", {"min_total_s": 5.0}, None)) for s in speakers]
+    calls = [(s, (store.url("incoming"), store.uri, s, "tiny", "run1", {"min_speech_s": 5.0, "recommended_speech_s": 5.0}, None)) for s in speakers]
     out = run_on_ray(prepare_speaker, calls, Resources(num_cpus=1))
     assert all(p.status == "prepared" for p in out), [(p.speaker_id, p.reasons) for p in out]
     registry = VoiceRegistry(store)

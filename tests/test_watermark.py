@@ -99,7 +99,7 @@ def test_marked_audio_is_refused_at_enrollment_unless_switched_off(clips, tmp_pa
         "consent_phrase": LINE}))
     store = Store(str(tmp_path))
     with pytest.raises(RejectedSpeaker, match=r"synthetic voicefleet audio in take2\.wav \(mark score 1\.00"):
-        ingest_speaker(store, "spk-joe", QCConfig(min_total_s=3))
-    upload = ingest_speaker(store, "spk-joe", QCConfig(min_total_s=3, allow_synthetic=True))
+        ingest_speaker(store, "spk-joe", QCConfig(min_speech_s=3, recommended_speech_s=3))
+    upload = ingest_speaker(store, "spk-joe", QCConfig(min_speech_s=3, recommended_speech_s=3, allow_synthetic=True))
     assert [u.file for u in upload.utterances] == ["take1.wav", "take2.wav"]
     assert upload.consent_check["verdict"] == "verified"
