@@ -190,8 +190,8 @@ def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(pr
 
 def test_lora_voice_renders_through_the_render_path(prepared, resumed):
     from voicefleet.flows.enroll import register
-    from voicefleet.tasks.render import RenderSettings, VoiceDecision, render_lines
-    from voicefleet.tasks.script import inspect_script
+    from voicefleet.tasks.render import RenderSettings, render_lines
+    from voicefleet.tasks.render_plan import plan_script, write_todo
     from voicefleet.tasks.shards import read_index
 
     store, _, _ = prepared
@@ -212,9 +212,14 @@ def test_lora_voice_renders_through_the_render_path(prepared, resumed):
     writer.writeheader()
     writer.writerows(rows)
     store.write_text("scripts/lora.csv", buf.getvalue())
-    info = inspect_script(store.url("scripts/lora.csv"))
-    counts = render_lines(store, "lora-job", info, {voice: VoiceDecision(True, "", reg.voice_version)},
-                          RenderSettings(batch_size=4, lines_per_shard=4))
+    plan = plan_script(store.url("scripts/lora.csv"), store, OWNER)  # the render flow's own plan + work list
+    try:
+        assert plan.decisions[voice].allowed and plan.decisions[voice].version == reg.voice_version
+        todo = write_todo(plan, store, "lora-job", run=1)
+        counts = render_lines(store, "lora-job", todo.keys, plan.decisions, RenderSettings(batch_size=4, lines_per_shard=4),
+                              run=1)
+    finally:
+        plan.cleanup()
     assert (counts.ok, counts.failed, counts.refused) == (4, 0, 0), counts.failures
     index = read_index(store, "lora-job").to_pylist()
     assert {r["voice_version"] for r in index} == {str(reg.voice_version)} and all(r["duration_s"] > 0 for r in index)
