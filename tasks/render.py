@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -154,6 +154,7 @@ class SynthesizeLines:
 
         s = self.settings
         calls: dict[int, list] = {i: [] for i in range(len(group))}  # isolation log per line, every attempt
+        invoked = {i: 0 for i in range(len(group))}  # synthesize() calls that included the line
         elapsed = [0.0]
 
         def synthesize(requests: list) -> list:
@@ -165,8 +166,12 @@ class SynthesizeLines:
             out = []
             for req, o in zip(requests, outcomes):
                 calls[req.tag].extend(o.log)
+                invoked[req.tag] += 1
                 failed = o.error is not None or isinstance(o.result, Exception)
-                out.append(SynthesisError(o.error or str(o.result)) if failed else o.result)
+                # voice safety: every line carries the mark, applied before post-processing so the
+                # loudness and true peak recorded are those of the delivered audio
+                out.append(SynthesisError(o.error or str(o.result)) if failed else
+                           replace(o.result, wav=watermark.mark(o.result.wav, o.result.sample_rate)))
             return out
 
         lines = [(LineRequest(r["text"], r["language"], line_settings(r, s), tag=i), r["target_seconds"])
@@ -179,8 +184,10 @@ class SynthesizeLines:
         out = []
         for i, (r, c) in enumerate(zip(group, checked)):
             cols = dict(c.columns)
-            cols["attempts"] = len(calls[i])  # real synthesis calls that included this line
             log = json.loads(cols.get("attempt_log") or "[]")
+            # QC attempts (a speed re-render for target_seconds belongs to its attempt), plus the
+            # extra calls fault isolation made (batch splits, transient retries)
+            cols["attempts"] = len(log) + len(calls[i]) - invoked[i]
             if log:  # every call (batch size, seconds, error) with the last QC attempt
                 log[-1]["synthesis_calls"] = calls[i]
                 cols["attempt_log"] = json.dumps(log, ensure_ascii=False)
@@ -202,10 +209,9 @@ class SynthesizeLines:
             self.metrics.line(status)
             return row
         truncated = bool(row.get("truncated"))
-        wav = watermark.mark(audio.wav, audio.sample_rate)  # voice safety: every line carries the mark
-        peak, rms = peak_dbfs(wav), rms_dbfs(wav)
+        peak, rms = peak_dbfs(audio.wav), rms_dbfs(audio.wav)
         row.update(peak_dbfs=peak if np.isfinite(peak) else None, rms_dbfs=rms if np.isfinite(rms) else None,
-                   rtf=rtf, truncated=truncated, flac=encode_flac(wav, audio.sample_rate))
+                   rtf=rtf, truncated=truncated, flac=encode_flac(audio.wav, audio.sample_rate))
         if truncated and not row.get("qc_reasons"):
             row.update(qc_passed=False, qc_reasons=f"truncated: a sentence hit the runaway-length guard "
                                                    f"({self.settings.max_tokens_per_phone:g} tokens per phone)")

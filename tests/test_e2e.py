@@ -236,7 +236,7 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     voices = sorted(r["speaker"] for r in summary["speakers"] if r["status"] == "accepted")
     rows = [dict(r, target_seconds="") for r in build_demo_script(voices, 4, seed=3)]
     script = write_script(store, "scripts/qc.csv", rows)
-    res = render_script(script, OWNER, store.uri, job_id="qc-auto")
+    res = render_script(script, OWNER, store.uri, job_id="qc-auto", local=True)
     assert res["ok"] == 4 and res["qc"]["mode"] == "auto" and res["qc_checked"] == 4
     table = assert_render_complete(store, "qc-auto", [r["line_id"] for r in rows]).to_pylist()
     for r in table:
@@ -249,7 +249,8 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     first = next(r for r in table if r["line_id"] == rows[0]["line_id"])
     rows[0]["target_seconds"] = str(round(first["duration_s"] * 0.9, 2))
     script = write_script(store, "scripts/qc-target.csv", rows)
-    res = render_script(script, OWNER, store.uri, job_id="qc-enforce", qc={"mode": "enforce", "retries": 1})
+    res = render_script(script, OWNER, store.uri, job_id="qc-enforce", qc={"mode": "enforce", "retries": 1},
+                        local=True)
     table = {r["line_id"]: r for r in assert_render_complete(store, "qc-enforce", [r["line_id"] for r in rows]).to_pylist()}
     timed = table[rows[0]["line_id"]]
     log = json.loads(timed["attempt_log"])

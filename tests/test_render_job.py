@@ -90,7 +90,7 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     good_ckpt = store.read_bytes(dan_gpt)
     store.write_bytes(dan_gpt, b"not a checkpoint")
 
-    res = render_script(script, OWNER, store.uri, job_id="mixed", batch_size=4, lines_per_shard=4)
+    res = render_script(script, OWNER, store.uri, job_id="mixed", batch_size=4, lines_per_shard=4, local=True)
     ids = [r["line_id"] for r in rows]
     table = assert_render_complete(store, "mixed", ids)
     by_id = {r["line_id"]: r for r in table.to_pylist()}
@@ -112,7 +112,7 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     VoiceRegistry(store).grant("cat", OWNER)
     store.write_bytes(dan_gpt, good_ckpt)
     env = dict(os.environ, RAY_ADDRESS=ray_address)
-    args = ["render", script, "--as", OWNER, "--store", store.uri, "--job", "mixed", "--retry-failed"]
+    args = ["render", script, "--as", OWNER, "--local", "--store", store.uri, "--job", "mixed", "--retry-failed"]
     with JobLease(store, "mixed"):   # another run holds the job: refused, nothing written
         busy = cli(*args, env=env)
     assert busy.returncode == 5 and "being written by another run" in busy.stderr, busy.stdout + busy.stderr
