@@ -27,7 +27,7 @@ def _bytes(save, model) -> bytes:
     return buf.getvalue()
 
 
-def register_tiny_voices(store: Store, names: list[str], owner: str) -> None:
+def register_tiny_voices(store: Store, names: list[str], owner: str, sharing: str = "private") -> None:
     base = tiny_base()
     gpt, sovits = _bytes(save_gpt, base.gpt), _bytes(save_sovits, base.sovits)
     registry = VoiceRegistry(store)
@@ -40,7 +40,7 @@ def register_tiny_voices(store: Store, names: list[str], owner: str) -> None:
         store.write_bytes(f"{prefix}/gpt.ckpt", gpt)
         store.write_bytes(f"{prefix}/sovits.pth", sovits)
         store.write_bytes(f"{prefix}/ref.wav", encode_wav(ref, 32000))
-        registry.ensure_voice(name, owner)
+        registry.ensure_voice(name, owner, sharing)
         registry.add_version(name, {"base_model": "tiny-random-v1", "untrained": True,
                                     "files": {"gpt": f"{prefix}/gpt.ckpt", "sovits": f"{prefix}/sovits.pth",
                                               "ref_wav": f"{prefix}/ref.wav"},

@@ -80,7 +80,8 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
 
     store = Store(str(tmp_path / "store"))
     register_tiny_voices(store, ["ann", "bob", "dan"], OWNER)
-    register_tiny_voices(store, ["cat"], "user:other")   # not shared with OWNER
+    # cat's consent lets its owner share it, but nobody has been granted it yet
+    register_tiny_voices(store, ["cat"], "user:other", sharing="public")
     rows = [{"line_id": i, "voice_id": v, "text": t, "language": lang, **o} for i, v, t, lang, o in GOOD]
     rows += [{"line_id": i, "voice_id": "ann", "text": "A fine line.", "language": "en", **o} for i, o, _ in BAD]
     rows += [{"line_id": "cat-1", "voice_id": "cat", "text": "Not yours yet.", "language": "en"},
