@@ -49,8 +49,9 @@ def batch(request, tmp_path_factory, s3_server):
     store = Store(str(tmp_path_factory.mktemp("store")))
     from voicefleet.flows.enroll import enroll_batch
 
-    first = enroll_batch(str(root), store.uri, recipe=Recipe.demo().model_dump(), qc=QC)
-    second = enroll_batch(str(root), store.uri, recipe=Recipe.demo().model_dump(), qc=QC)
+    # tiny random-weight voices cannot pass the fine-tune quality gate: record its verdict, do not enforce it
+    first = enroll_batch(str(root), store.uri, recipe=Recipe.demo().model_dump(), qc=QC, gate={"mode": "report"})
+    second = enroll_batch(str(root), store.uri, recipe=Recipe.demo().model_dump(), qc=QC, gate={"mode": "report"})
     return store, first, second
 
 
