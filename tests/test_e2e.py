@@ -244,14 +244,6 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
         assert r["attempts"] == 1 and isinstance(r["qc_passed"], bool) and r["wer"] is not None
         assert len(json.loads(r["attempt_log"])) == 1
     assert Path(res["report"]).is_file() and res["report"].endswith("renders/qc-auto/report.html")
-    # voice safety: the delivered audio carries the watermark (applied before post-processing)
-    import soundfile as sf
-
-    from voicefleet.tasks import watermark
-    from voicefleet.tasks.shards import fetch_audio
-
-    audio, sr = sf.read(io.BytesIO(fetch_audio(store, "qc-auto", table[0])), dtype="float32")
-    assert watermark.detect(audio, sr).present
 
     # a target 10 % shorter than the line came out: met by the model's speed, then the bounded stretch
     first = next(r for r in table if r["line_id"] == rows[0]["line_id"])
