@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -168,10 +168,7 @@ class SynthesizeLines:
                 calls[req.tag].extend(o.log)
                 invoked[req.tag] += 1
                 failed = o.error is not None or isinstance(o.result, Exception)
-                # voice safety: every line carries the mark, applied before post-processing so the
-                # loudness and true peak recorded are those of the delivered audio
-                out.append(SynthesisError(o.error or str(o.result)) if failed else
-                           replace(o.result, wav=watermark.mark(o.result.wav, o.result.sample_rate)))
+                out.append(SynthesisError(o.error or str(o.result)) if failed else o.result)
             return out
 
         lines = [(LineRequest(r["text"], r["language"], line_settings(r, s), tag=i), r["target_seconds"])
@@ -209,9 +206,10 @@ class SynthesizeLines:
             self.metrics.line(status)
             return row
         truncated = bool(row.get("truncated"))
-        peak, rms = peak_dbfs(audio.wav), rms_dbfs(audio.wav)
+        wav = watermark.mark(audio.wav, audio.sample_rate)  # voice safety: every line carries the mark
+        peak, rms = peak_dbfs(wav), rms_dbfs(wav)
         row.update(peak_dbfs=peak if np.isfinite(peak) else None, rms_dbfs=rms if np.isfinite(rms) else None,
-                   rtf=rtf, truncated=truncated, flac=encode_flac(audio.wav, audio.sample_rate))
+                   rtf=rtf, truncated=truncated, flac=encode_flac(wav, audio.sample_rate))
         if truncated and not row.get("qc_reasons"):
             row.update(qc_passed=False, qc_reasons=f"truncated: a sentence hit the runaway-length guard "
                                                    f"({self.settings.max_tokens_per_phone:g} tokens per phone)")
