@@ -144,7 +144,7 @@ class Synthesizer:
 
     def __init__(self, frontend, device: str | torch.device = "cpu", max_batch: int = 16,
                  sovits_batch: int | None = None, precision: str | None = None, cuda_graphs: bool | None = None,
-                 sync_every: int = 8):
+                 sync_every: int | None = None):
         self.frontend = frontend
         self.device = torch.device(device)
         self.max_batch = max_batch
