@@ -251,8 +251,11 @@ def render_lines(store: Store, job_id: str, todo_keys: list[str], voices: dict[s
     if not todo_keys:
         return counts
     # reads are light: they must not wait for CPUs the synthesis actors hold
-    ds = ray.data.read_parquet([store.fs_path(k) for k in todo_keys], filesystem=store.fs,
-                               ray_remote_args={"num_cpus": 0.1})
+    ds = ray.data.read_parquet([store.fs_path(k) for k in todo_keys], filesystem=store.fs, num_cpus=0.1)
+    # a todo part holds thousands of lines; an actor's output leaves it only when its input block is
+    # done, so small blocks keep finished lines flowing to the shard writer (progress, and little
+    # work lost to a crash) instead of arriving all at once at the end of a part
+    ds = ds.repartition(target_num_rows_per_block=settings.batch_size)
     ds = ds.map_batches(SynthesizeLines, batch_format="pyarrow", batch_size=settings.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=settings.actors),
                         fn_constructor_kwargs={"store_uri": store.uri, "settings": settings, "voices": voices,
