@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def build(root: Path, n: int) -> float:
-    from ingest_audio import RATE, SENTENCES, encode, join, speak, write_speaker
+    from ingest_audio import CONSENT_PHRASE, RATE, SENTENCES, encode, join, speak, write_speaker
 
     from voicefleet.tasks.audio import resample
 
     joe = [speak("joe", s) for s in SENTENCES]
     long = resample(join(joe + joe, gap_s=0.7), RATE, 44100)
     short = resample(join(joe[:2]), RATE, 16000)
-    consent = speak("joe", "I agree that voicefleet may use my voice.")
+    consent = speak("joe", CONSENT_PHRASE)
     for i in range(n):
         write_speaker(root, f"speaker-{i}", {"long.wav": encode(long, 44100, "WAV"),
                                              "short.mp3": encode(short, 16000, "MP3")}, consent_voice=consent)

@@ -17,6 +17,9 @@ from voicefleet.tasks.storage import Store
 SR = 32000
 JOE, ALPHA = DEMO_VOICES[0], DEMO_VOICES[1]
 PHRASE = "I, Joe Carter, agree that voicefleet may train a synthetic voice from my recordings."
+# a wrong sentence as long as the phrase: at 2-3 s the same speaker's similarity sits at the
+# threshold (0.88-0.90 measured), at ~5 s it is 0.94-0.95
+WRONG = "The library on Maple Street will be closed for repairs next week, so please return your books early."
 TAKES = ("The morning bus was late again, so I walked to work.",
          "Please put the green folder on the top shelf.",
          "We planted tomatoes and beans behind the old garage.")
@@ -33,7 +36,7 @@ def speak(voice, text: str) -> np.ndarray:
 def audio() -> dict:
     """joe's takes and consent clip, joe saying something else, and another voice saying joe's phrase."""
     return {"takes": [speak(JOE, t) for t in TAKES], "consent": speak(JOE, PHRASE),
-            "wrong_phrase": speak(JOE, "The library will be closed for repairs next week."),
+            "wrong_phrase": speak(JOE, WRONG),
             "other_speaker": speak(ALPHA, PHRASE)}
 
 
