@@ -6,7 +6,13 @@ rest "another speaker" -- and, per consent clip, the Whisper tiny.en transcript 
 rate against the consent phrase, next to the WER of an enrollment take (a wrong phrase by the
 right speaker). The thresholds in tasks/consent_verify.py come from these figures.
 
-    python benchmarks/consent_calibration.py [--clips 3] [--root DIR]
+With ``--human DIR`` (a folder holding the pyannote-audio wheel: ``pip download --no-deps
+pyannote-audio==4.0.7 -d DIR``) it first scores real voices (tests/human_speech.py): each pyannote
+speaker's solo speech cut into consent-sized clips, every clip against the rest of the same
+speaker's solo speech (same speaker) and against all of the other speaker's (another speaker), and
+CMU ARCTIC's male speaker (whole clip, and each half against the other) against both.
+
+    python benchmarks/consent_calibration.py [--clips 3] [--root DIR] [--human DIR [--human-only]]
 """
 from __future__ import annotations
 
@@ -16,7 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import human_speech  # noqa: E402
 
 from voicefleet.tasks.asr import ASR, wer
 from voicefleet.tasks.audio import load_audio
@@ -27,11 +38,47 @@ from voicefleet.tasks.speaker import embed, mean_embedding, similarity
 SR = 16000
 
 
+def human_voices(folder: str, chunk_seconds: list[float]) -> None:
+    """Same-speaker and other-speaker similarity on real recordings (see the module docstring)."""
+    sr, turns = human_speech.speaker_turns(folder)
+    solo = {spk: np.concatenate(parts) for spk, parts in turns.items()}
+    arctic, asr = human_speech.arctic()
+    e_arctic = embed(arctic, asr)
+    half = len(arctic) // 2
+    print("real voices: pyannote sample (Diane, Sheila: two women, one phone call; solo speech "
+          + ", ".join(f"{s} {len(a) / sr:.1f} s" for s, a in solo.items()) + "), CMU ARCTIC a0007 (one man, 4 s)")
+    print(f"ARCTIC first half vs second half (2 s each): {similarity(embed(arctic[:half], asr), embed(arctic[half:], asr)):.3f}")
+    whole = {s: embed(a, sr) for s, a in solo.items()}
+    for length in chunk_seconds:
+        n = int(length * sr)
+        same, other = [], []
+        for s, a in solo.items():
+            for i in range(0, len(a) - n + 1, n):  # the clip vs the rest of that speaker's speech
+                e = embed(a[i:i + n], sr)
+                same.append(similarity(e, embed(np.concatenate([a[:i], a[i + n:]]), sr)))
+                other += [similarity(e, whole[t]) for t in solo if t != s]
+        men = [similarity(e_arctic, w) for w in whole.values()]
+        print(f"{length:g} s clips: same speaker {' '.join(f'{v:.3f}' for v in same)} (min {min(same):.3f}); "
+              f"other woman {' '.join(f'{v:.3f}' for v in other)} (max {max(other):.3f}); "
+              f"ARCTIC man vs each woman {' '.join(f'{v:.3f}' for v in men)}")
+        print(f"  threshold {MIN_SPEAKER_SIMILARITY:.2f}: genuine chunks rejected {sum(v < MIN_SPEAKER_SIMILARITY for v in same)}"
+              f"/{len(same)}, other speaker accepted {sum(v >= MIN_SPEAKER_SIMILARITY for v in other + men)}"
+              f"/{len(other) + len(men)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=3, help="enrollment takes per voice")
     ap.add_argument("--root", help="keep (and reuse) the built enrollment set here")
+    ap.add_argument("--human", help="folder with the pyannote-audio wheel: score real voices too")
+    ap.add_argument("--chunks", default="2.5,3,4", help="consent-clip lengths (s) for the real voices")
+    ap.add_argument("--human-only", action="store_true", help="skip the TTS voices")
     args = ap.parse_args()
+    if args.human:
+        human_voices(args.human, [float(c) for c in args.chunks.split(",")])
+        if args.human_only:
+            return
+        print()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root or tmp)

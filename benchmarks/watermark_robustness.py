@@ -104,15 +104,18 @@ def main() -> None:
         if args.dnsmos:
             from speechmos import dnsmos
 
-            def ovrl(a: np.ndarray) -> float:
-                from voicefleet.tasks.audio import resample
-                return float(dnsmos.run(np.clip(resample(a, SR, 16000), -1, 1), 16000)["ovrl_mos"])
+            from voicefleet.tasks.audio import resample
 
-            before = [ovrl(a) for _, a in marked_src]
-            after = [ovrl(m) for _, m in marked]
-            print(f"\nDNSMOS OVRL: clean {np.mean(before):.2f}, marked {np.mean(after):.2f} "
-                  f"(mean difference {np.mean(np.subtract(after, before)):+.2f})")
+            def mos(a: np.ndarray) -> dict[str, float]:
+                r = dnsmos.run(np.clip(resample(a, SR, 16000), -1, 1).astype(np.float32), 16000)
+                return {k: float(r[f"{k}_mos"]) for k in ("sig", "bak", "ovrl", "p808")}
 
+            before = [mos(a) for _, a in marked_src]
+            after = [mos(m) for _, m in marked]
+            print("\nDNSMOS (mean over the marked clips) clean -> marked: " + ", ".join(
+                f"{k.upper()} {np.mean([b[k] for b in before]):.2f} -> {np.mean([a[k] for a in after]):.2f} "
+                f"(mean difference {np.mean([a[k] - b[k] for a, b in zip(after, before)]):+.2f}, "
+                f"worst {min(a[k] - b[k] for a, b in zip(after, before)):+.2f})" for k in before[0]))
 
 if __name__ == "__main__":
     main()

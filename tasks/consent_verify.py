@@ -34,8 +34,13 @@ __all__ = ["MAX_PHRASE_CER", "MIN_SPEAKER_SIMILARITY", "check_consent_clip", "ph
 # Measured (consent clip vs centroid of 3 takes, six voices): same speaker 0.913-0.954; joe vs the
 # Kokoro voices <= 0.592; the Kokoro voices among themselves up to 0.869 (gongitsune/nezumi: styles
 # of one TTS model). The threshold is the midpoint of the gap (0.869, 0.913): margins 0.021 / 0.023.
-# TTS repeats a voice more exactly than a person across microphones and days: recalibrate on real
-# recordings before relying on it (no real recordings ship in the packages installed here).
+# Checked on real voices (benchmarks/consent_calibration.py --human: a clip of one speaker's solo
+# speech vs the rest of it, two women on one phone call, and a studio man): with 4 s clips same
+# speaker 0.913-0.948, the other woman <= 0.846, the man vs either woman 0.51 -- 0.89 separates
+# (margins 0.023 / 0.044). Shorter clips score the same speaker lower: at 3 s 0.889-0.942 (1 of 6
+# under 0.89), at 2.5 s 0.853-0.905 (4 of 7) while the other woman stays <= 0.832: here a short clip
+# was wrongly rejected, never wrongly accepted, and the consent phrase takes ~5 s to say. Kept at 0.89
+# (three real speakers are a small sample: recalibrate on your own recordings).
 MIN_SPEAKER_SIMILARITY = 0.89
 # Measured character error rate: the right phrase 0.00-0.13 (Kokoro's accented English: raw WER up
 # to 0.50, mostly the name and "voicefleet"), a wrong sentence by the same voice 0.76-0.81.

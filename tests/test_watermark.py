@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from audio_transforms import TRANSFORMS, via_codec
+from human_speech import arctic
 from voicefleet.flows.cli import EXIT_NOT_FOUND, app
 from voicefleet.tasks import fingerprint, watermark
 from voicefleet.tasks.audio import resample, write_audio
@@ -69,6 +70,28 @@ def test_clean_speech_carries_no_mark_and_matches_no_line(which, clips, index) -
     else:
         assert fingerprint.lookup(index, clips["clean"], SR).line_id == "line-7"
     assert fingerprint.lookup(index, speak(DEMO_VOICES[3], "Nobody expected the quiet student to win."), SR) is None
+
+
+@pytest.fixture(scope="module")
+def human() -> dict[str, np.ndarray]:
+    """CMU ARCTIC a0007: a real man's voice, studio recording (tests/data/human)."""
+    audio, sr = arctic()
+    clean = resample(audio, sr, SR).astype(np.float32)
+    return {"clean": clean, "marked": watermark.mark(clean, SR)}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_real_human_speech_is_not_flagged_and_is_found_once_marked(name, human) -> None:
+    # measured (benchmarks/watermark_real_speech.py): clean windows score < 1e-4, marked ones 1.000
+    for which, present in (("clean", False), ("marked", True)):
+        audio, sr = TRANSFORMS[name](human[which], SR)
+        scores = watermark.window_scores(audio, sr)
+        presence = watermark.detect(audio, sr)
+        assert presence.present is present, (which, presence)
+        if present:
+            assert scores.min() >= 0.9, (which, scores)  # every window, not just the best one
+        else:
+            assert scores.max() <= 0.1, (which, scores)
 
 
 def test_watermark_detect_command_names_the_line(clips, index, tmp_path) -> None:
