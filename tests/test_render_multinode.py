@@ -88,7 +88,7 @@ class Cluster:
         """SIGTERM each node's process group, then SIGKILL it and anything else still running from our temp dir."""
         for proc in self.procs:
             _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 20
+        deadline = time.time() + 10
         for proc in self.procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
