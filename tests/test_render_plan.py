@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,7 @@ from voicefleet.tasks.fault_isolation import is_transient, synthesize_isolated, 
 from voicefleet.tasks.job_index import compact, job_totals, remove_orphans, worst_lines
 from voicefleet.tasks.job_lease import JobLease, JobLeaseHeld
 from voicefleet.tasks.line_checks import LANGUAGES, LineLimits, check_line
-from voicefleet.tasks.render_plan import plan_script, write_todo
+from voicefleet.tasks.render_plan import plan_script, todo_prefix, write_todo
 from voicefleet.tasks.script import ScriptError
 from voicefleet.tasks.shards import job_prefix, read_index, shard_key, write_shard
 from voicefleet.tasks.storage import Store
@@ -183,6 +184,25 @@ def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypa
     assert [(r["voice_id"], r["voice_version"] or "~", r["bucket"], r["line_id"]) for r in whole] == sorted(
         (r["voice_id"], r["voice_version"] or "~", r["bucket"], r["line_id"]) for r in whole)
     assert "l004" in [r["line_id"] for r in listed(4, retry_failed=True)[1]]
+    plan.cleanup()
+
+
+def test_a_query_out_of_memory_runs_again_under_the_next_limit(voices, tmp_path, monkeypatch):
+    import voicefleet.tasks.render_plan as render_plan
+
+    store: Store = voices
+    rows = [{"line_id": f"l{i}", "voice_id": "ann", "text": f"Line {i} here.", "language": "en"} for i in range(3000)]
+    limits, connect = [], render_plan._connect
+    monkeypatch.setattr(render_plan, "_connect", lambda d, mb: limits.append(mb) or connect(d, mb))
+    monkeypatch.setattr(render_plan, "UNIQUE_MEMORY_MB", (1, 64))   # 1 MB: DuckDB runs out of memory
+    monkeypatch.setattr(render_plan, "TODO_MEMORY_MB", (1, 64))
+    plan = plan_script(write_csv(tmp_path / "s.csv", rows), store, "user:demo")
+    todo = write_todo(plan, store, "j", run=1, rows_per_part=500)
+    assert limits == [1, 64, 1, 64] and todo.lines == 3000 and len(todo.keys) == 6
+    assert store.list(todo_prefix("j", 1)) == todo.keys
+    monkeypatch.setattr(render_plan, "TODO_MEMORY_MB", (1,))
+    with pytest.raises(duckdb.OutOfMemoryException):
+        write_todo(plan, store, "j", run=2)
     plan.cleanup()
 
 
