@@ -128,13 +128,12 @@ def _pids_using(path: str) -> list[int]:
     return pids
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float) -> bool:
+def _started(proc: subprocess.Popen, log: str, timeout_s: float) -> bool:
+    """Whether `ray start --block` reports its node started (it says so once every daemon is up)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline and proc.poll() is None:
-        with socket.socket() as s:
-            s.settimeout(1)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
+        if "Ray runtime started" in open(log, errors="replace").read():
+            return True
         time.sleep(0.5)
     return False
 
@@ -153,13 +152,13 @@ def two_nodes(s3_server) -> Iterator[Cluster]:
     try:
         head = cluster.start_node("head", "--head", f"--port={port}", "--include-dashboard=false",
                                   f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}")
-        if not _wait_for_port(port, head, START_TIMEOUT_S):
+        if not _started(head, cluster.logs[0], START_TIMEOUT_S):
             pytest.skip(f"`ray start --head` did not start on this machine:\n{cluster.log_tail()}")
         worker = cluster.start_node("worker", f"--address={cluster.address}", f"--temp-dir={temp_dir}")
+        if not _started(worker, cluster.logs[1], START_TIMEOUT_S):
+            pytest.skip(f"`ray start --address` (the second node) did not start on this machine:\n{cluster.log_tail()}")
         out = subprocess.run([sys.executable, "-c", NODES_ALIVE, cluster.address, str(START_TIMEOUT_S)], env=env,
                              capture_output=True, text=True, timeout=START_TIMEOUT_S + 60)
-        if worker.poll() is not None:
-            pytest.skip(f"`ray start --address` (the second node) did not start on this machine:\n{cluster.log_tail()}")
         assert out.returncode == 0, out.stdout + out.stderr[-3000:]
         alive, cpus = out.stdout.split()[-2:]
         assert (int(alive), float(cpus)) == (2, 2 * NODE_CPUS), f"{out.stdout}\n{cluster.log_tail()}"
