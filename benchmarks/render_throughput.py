@@ -13,6 +13,7 @@ Prints lines/s, audio s/s and the ratio (b)/(a). Models: the tiny config with ra
 
     python benchmarks/render_throughput.py                       # 24 lines, 3 voices, actors 1,2, plan 1e5,1e6
     python benchmarks/render_throughput.py --lines 8 --plan-sizes 100000 --actors 1
+    python benchmarks/render_throughput.py --lines 0 --plan-sizes 100000,1000000   # (c) only: no Ray, no model
     python benchmarks/render_throughput.py --device cuda --num-gpus 0.5   # on a GPU
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ def pipeline(store, script, actors, args) -> tuple[float, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lines", type=int, default=24)
+    ap.add_argument("--lines", type=int, default=24, help="lines rendered by (a) and (b); 0 skips them")
     ap.add_argument("--voices", type=int, default=3)
     ap.add_argument("--actors", default="1,2")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -96,13 +97,15 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
 
-    from plan_memory import plan_memory
     from render_voices import register_tiny_voices
 
     from voicefleet.tasks.runtime import ensure_ray
     from voicefleet.tasks.storage import Store
 
     tmp = tempfile.mkdtemp(prefix="vf-bench-")
+    if args.lines == 0:
+        plan_figures(args, tmp)
+        return
     store = Store(os.path.join(tmp, "store"))
     voices = [f"v{i}" for i in range(args.voices)]
     register_tiny_voices(store, voices, "user:bench")
@@ -124,6 +127,12 @@ def main() -> None:
         b_s, b_audio, ok = pipeline(store, script, actors, args)
         print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "
               f"ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}")
+    plan_figures(args, tmp)
+
+
+def plan_figures(args, tmp: str) -> None:
+    from plan_memory import plan_memory
+
     for n in [int(x) for x in args.plan_sizes.split(",") if x]:
         peak, base, seconds = plan_memory(n, tmp)
         print(f"(c) plan {n:>9,} lines: driver peak RSS +{peak:.0f} MiB over a {base:.0f} MiB interpreter, {seconds:.1f} s")

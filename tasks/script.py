@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 REQUIRED = ("line_id", "voice_id", "text", "language")
 OPTIONAL = ("target_seconds", "speed", "seed", "top_k", "temperature", "noise_scale")
+CSV_BLOCK_BYTES = 1 << 18  # CSV read block: see _csv_batches
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
@@ -54,19 +55,38 @@ def iter_batches(url: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
             if fmt == "parquet":
                 yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
             elif fmt == "csv":
-                reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                                        convert_options=pacsv.ConvertOptions(
-                                            column_types={c: pa.string() for c in REQUIRED + OPTIONAL},
-                                            null_values=[""], strings_can_be_null=True))
-                for batch in reader:
-                    for start in range(0, batch.num_rows, batch_rows):
-                        yield batch.slice(start, batch_rows)
+                yield from _csv_batches(f, batch_rows)
             else:
                 yield from _jsonl_batches(url, f, batch_rows)
     except ScriptError:
         raise
     except (pa.ArrowInvalid, OSError, ValueError) as e:
         raise ScriptError(f"cannot read script {url}: {str(e).splitlines()[0]}") from e
+
+
+def _csv_batches(f, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """CSV in small read blocks, regrouped into batches of `batch_rows`.
+
+    The streaming reader's buffers grow with the block size and, up to a bound, with the file
+    (measured on a 1e6-line, 75 MB script: +146 MiB peak with 4 MiB blocks, +62 MiB with 1 MiB,
+    +33 MiB with 256 KiB), so blocks stay small and are joined here instead.
+    """
+    reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                            convert_options=pacsv.ConvertOptions(
+                                column_types={c: pa.string() for c in REQUIRED + OPTIONAL},
+                                null_values=[""], strings_can_be_null=True))
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for block in reader:
+        pending.append(block)
+        rows += block.num_rows
+        while rows >= batch_rows:
+            table = pa.Table.from_batches(pending).combine_chunks()
+            yield table.slice(0, batch_rows).to_batches()[0]
+            rest = table.slice(batch_rows)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _jsonl_batches(url: str, f, batch_rows: int) -> Iterator[pa.RecordBatch]:

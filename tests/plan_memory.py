@@ -30,6 +30,7 @@ plan = plan_script(f"{d}/p{n}.csv", store, "user:a")
 todo = write_todo(plan, store, "j", 1)
 print(n, todo.lines, (hwm() - base) / 1024, base / 1024,
       time.perf_counter() - t0)
+plan.cleanup()  # the plan's local folder (the store and script are under the caller's folder)
 """
 
 
