@@ -32,7 +32,7 @@ from .fingerprint import index_rendered
 from .fault_isolation import synthesize_isolated, with_backoff
 from .index_schema import RESULT_SCHEMA, SUMMARY_SCHEMA
 from .line_qc import LineQC, QCConfig
-from .postprocess import PostConfig
+from .postprocess import PostConfig, normalize_loudness
 from .render_metrics import RenderMetrics
 from .render_plan import VoiceDecision
 from .runtime import Resources
@@ -206,7 +206,10 @@ class SynthesizeLines:
             self.metrics.line(status)
             return row
         truncated = bool(row.get("truncated"))
-        wav = watermark.mark(audio.wav, audio.sample_rate)  # voice safety: every line carries the mark
+        wav, lufs, tp = mark_line(audio.wav, audio.sample_rate, self.settings.post)  # voice safety
+        if row.get("loudness_lufs") is not None:  # the index describes the delivered audio
+            row.update(loudness_lufs=None if lufs is None else round(lufs, 4),
+                       true_peak_dbtp=None if tp is None else round(tp, 4))
         peak, rms = peak_dbfs(wav), rms_dbfs(wav)
         row.update(peak_dbfs=peak if np.isfinite(peak) else None, rms_dbfs=rms if np.isfinite(rms) else None,
                    rtf=rtf, truncated=truncated, flac=encode_flac(wav, audio.sample_rate))
@@ -215,6 +218,17 @@ class SynthesizeLines:
                                                    f"({self.settings.max_tokens_per_phone:g} tokens per phone)")
         self.metrics.line("ok", audio.duration_s, truncated)
         return row
+
+
+def mark_line(wav: np.ndarray, sr: int, post: PostConfig) -> tuple[np.ndarray, float | None, float | None]:
+    """A post-processed line with the watermark, at the target loudness and under the true-peak
+    ceiling again; returns (audio, LUFS, dBTP) as delivered.
+
+    The mark is quiet (~15 dB under the speech) but peaky: on real speech it took the true peak
+    from -1.2 to 0.0 dBTP. Loudness and the ceiling are applied again after marking; the limiter
+    keeps the mark (tests/test_watermark.py).
+    """
+    return normalize_loudness(watermark.mark(wav, sr), sr, post.loudness_lufs, post.true_peak_dbtp)
 
 
 # ---------------------------------------------------------------- shards

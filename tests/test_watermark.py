@@ -126,3 +126,17 @@ def test_marked_audio_is_refused_at_enrollment_unless_switched_off(clips, tmp_pa
     upload = ingest_speaker(store, "spk-joe", QCConfig(min_speech_s=3, recommended_speech_s=3, allow_synthetic=True))
     assert [u.file for u in upload.utterances] == ["take1.wav", "take2.wav"]
     assert upload.consent_check["verdict"] == "verified"
+
+
+def test_a_marked_line_is_delivered_at_its_loudness_and_under_the_true_peak_ceiling(human) -> None:
+    from voicefleet.tasks.postprocess import PostConfig, loudness_lufs, normalize_loudness, true_peak_dbtp
+    from voicefleet.tasks.render import mark_line
+
+    post = PostConfig(loudness_lufs=-16.0, true_peak_dbtp=-1.0)
+    line, _, _ = normalize_loudness(human["clean"], SR, post.loudness_lufs, post.true_peak_dbtp)
+    assert true_peak_dbtp(watermark.mark(line, SR)) > -0.5  # measured 0.0 dBTP: the mark alone breaks the ceiling
+    out, lufs, tp = mark_line(line, SR, post)
+    assert tp <= -1.0 and true_peak_dbtp(out) == pytest.approx(tp)
+    assert abs(lufs - (-16.0)) < 0.2 and loudness_lufs(out, SR) == pytest.approx(lufs)
+    assert watermark.detect(out, SR).present
+
