@@ -37,41 +37,50 @@ def script_rows(n: int, voices: list[str]) -> list[dict]:
              "language": "en"} for i in range(n)]
 
 
-def naive(store, rows, args) -> tuple[float, float]:
-    """Seconds and audio seconds for the Synthesizer called line by line."""
+def naive(store, rows, args) -> tuple[float, float, float]:
+    """Seconds and audio seconds for the Synthesizer called line by line, and the seconds that
+    post-processing and the watermark took on its lines (timed apart)."""
     import torch
 
     from voicefleet.model.synthesizer import LineRequest, Synthesizer
     from voicefleet.model.text.frontend import TextFrontend
-    from voicefleet.tasks.render import RenderSettings, SynthesizeLines, line_settings
+    from voicefleet.tasks.line_qc import QCConfig
+    from voicefleet.tasks.postprocess import postprocess
+    from voicefleet.tasks.render import RenderSettings, SynthesizeLines, line_settings, mark_line
     from voicefleet.tasks.render_plan import VoiceAuthorizer, line_seed
 
     torch.set_num_threads(args.threads)
     auth = VoiceAuthorizer(store, "user:bench")
-    settings = RenderSettings(max_tokens_per_phone=args.max_tokens_per_phone)
+    settings = RenderSettings(max_tokens_per_phone=args.max_tokens_per_phone, qc=QCConfig(mode=args.qc))
     loader = SynthesizeLines.__new__(SynthesizeLines)  # reuse the actor's voice loading, no Ray
     loader.store, loader.settings = store, settings
     loader.records = {v: auth(v).record for v in {r["voice_id"] for r in rows}}
     loader.synth = Synthesizer(TextFrontend(), device=args.device, max_batch=1)
     voices = {v: loader._load(v, str(loader.records[v].version)) for v in loader.records}
-    t0, audio = time.perf_counter(), 0.0
+    t0, audio, post_s = time.perf_counter(), 0.0, 0.0
     for r in rows:
         plan_row = {"seed": line_seed(r["line_id"], r["text"]), "speed": None, "top_k": None, "temperature": None,
                     "noise_scale": None}
         out = loader.synth.synthesize(voices[r["voice_id"]], [LineRequest(r["text"], "en", line_settings(plan_row, settings))])[0]
         audio += len(out.wav) / out.sample_rate
-    return time.perf_counter() - t0, audio
+        t1 = time.perf_counter()  # the per-line work the pipeline adds: post-processing and the watermark
+        done = postprocess(out.wav, out.sample_rate, settings.post)
+        mark_line(done.wav, done.sample_rate, settings.post)
+        post_s += time.perf_counter() - t1
+    return time.perf_counter() - t0 - post_s, audio, post_s
 
 
 def pipeline(store, script, actors, args) -> tuple[float, float, int]:
     from voicefleet.tasks.job_index import compact, job_totals
+    from voicefleet.tasks.line_qc import QCConfig
     from voicefleet.tasks.render import RenderSettings, render_lines
     from voicefleet.tasks.render_plan import plan_script, write_todo
     from voicefleet.tasks.runtime import Resources
 
     job = f"bench-{actors}-{int(time.time())}"
     settings = RenderSettings(actors=actors, batch_size=args.batch_size, max_tokens_per_phone=args.max_tokens_per_phone,
-                              resources=Resources(num_cpus=args.threads, num_gpus=args.num_gpus))
+                              resources=Resources(num_cpus=args.threads, num_gpus=args.num_gpus),
+                              qc=QCConfig(mode=args.qc))
     t0 = time.perf_counter()
     plan = plan_script(script, store, "user:bench")
     todo = write_todo(plan, store, job, 1)
@@ -93,6 +102,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
     ap.add_argument("--max-tokens-per-phone", type=float, default=2.5)
+    ap.add_argument("--qc", default="off", help="per-line QC in the pipeline: off (default: the naive loop has none), "
+                    "auto, report or enforce")
     ap.add_argument("--plan-sizes", default="100000,1000000", help="lines to plan for the memory figure ('' skips)")
     args = ap.parse_args()
     os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
@@ -119,14 +130,17 @@ def main() -> None:
           f"{args.threads} thread(s) per worker, batch {args.batch_size}, max {args.max_tokens_per_phone} tokens/phone; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    a_s, a_audio = naive(store, rows, args)
+    a_s, a_audio, post_s = naive(store, rows, args)
     print(f"(a) naive loop      {args.lines / a_s:7.2f} lines/s  {a_audio / a_s:7.2f} audio s/s  ({a_s:.1f} s, "
           f"{a_audio:.1f} s audio)")
+    ap_s = a_s + post_s
+    print(f"(a+) naive + post-processing + watermark  {args.lines / ap_s:7.2f} lines/s  {a_audio / ap_s:7.2f} audio s/s  "
+          f"({ap_s:.1f} s)")
     ensure_ray(num_cpus=args.threads * max(int(x) for x in args.actors.split(",")) + 1)
     for actors in [int(x) for x in args.actors.split(",")]:
         b_s, b_audio, ok = pipeline(store, script, actors, args)
         print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "
-              f"ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}")
+              f"ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}, (b)/(a+) {(ok / b_s) / (args.lines / ap_s):.2f}")
     plan_figures(args, tmp)
 
 
