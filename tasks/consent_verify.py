@@ -42,6 +42,9 @@ __all__ = ["MAX_PHRASE_CER", "MIN_SPEAKER_SIMILARITY", "check_consent_clip", "ph
 # was wrongly rejected, never wrongly accepted, and the consent phrase takes ~5 s to say. Kept at 0.89
 # (three real speakers are a small sample: recalibrate on your own recordings).
 MIN_SPEAKER_SIMILARITY = 0.89
+# Real voices (benchmarks/consent_calibration.py --human): at 4 s no genuine clip fell below 0.89,
+# at 3 s 1 of 6 and at 2.5 s 4 of 7 did; a rejection of a shorter clip says so
+SHORT_CLIP_S = 4.0
 # Measured character error rate: the right phrase 0.00-0.13 (Kokoro's accented English: raw WER up
 # to 0.50, mostly the name and "voicefleet"), a wrong sentence by the same voice 0.76-0.81.
 MAX_PHRASE_CER = 0.25
@@ -74,8 +77,10 @@ def check_consent_clip(consent: Consent, clip: np.ndarray, enrollment: Sequence[
         sim = None
         problems.append(f"consent clip cannot be compared with the enrollment audio: {e}")
     if sim is not None and sim < MIN_SPEAKER_SIMILARITY:
+        short = (f" (the clip is only {seconds:.1f} s long: under {SHORT_CLIP_S:.0f} s the right speaker can score below "
+                 "the threshold, so record the whole phrase again)") if seconds < SHORT_CLIP_S else ""
         problems.append(f"consent clip does not match the enrolled speaker (similarity {sim:.2f} < "
-                        f"{MIN_SPEAKER_SIMILARITY:.2f})")
+                        f"{MIN_SPEAKER_SIMILARITY:.2f}){short}")
     match, heard, how = None, None, ""
     asr = asr or ASR()
     try:

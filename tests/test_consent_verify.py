@@ -62,6 +62,15 @@ def test_a_consent_clip_by_another_speaker_is_rejected_with_the_similarity(audio
            f"{MIN_SPEAKER_SIMILARITY:.2f})" in check.detail
 
 
+def test_a_short_clip_that_fails_the_speaker_check_says_it_is_short(audio) -> None:
+    clip = audio["other_speaker"][: int(2.5 * SR)]
+    check = check_consent_clip(consent(), clip, audio["takes"], SR)
+    assert check.verdict is ClipVerdict.REJECTED
+    assert "(the clip is only 2.5 s long: under 4 s the right speaker can score below the threshold" in check.detail
+    full = check_consent_clip(consent(), audio["other_speaker"], audio["takes"], SR)
+    assert "only" not in full.detail  # the full phrase (~5 s) gets no such remark
+
+
 def test_the_right_speaker_saying_the_wrong_phrase_is_rejected(audio) -> None:
     check = check_consent_clip(consent(), audio["wrong_phrase"], audio["takes"], SR)
     assert check.verdict is ClipVerdict.REJECTED
