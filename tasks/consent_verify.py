@@ -42,9 +42,7 @@ __all__ = ["MAX_PHRASE_CER", "MIN_SPEAKER_SIMILARITY", "check_consent_clip", "ph
 # was wrongly rejected, never wrongly accepted, and the consent phrase takes ~5 s to say. Kept at 0.89
 # (three real speakers are a small sample: recalibrate on your own recordings).
 MIN_SPEAKER_SIMILARITY = 0.89
-# Real voices (benchmarks/consent_calibration.py --human): at 4 s no genuine clip fell below 0.89,
-# at 3 s 1 of 6 and at 2.5 s 4 of 7 did; a rejection of a shorter clip says so
-SHORT_CLIP_S = 4.0
+SHORT_CLIP_S = 4.0  # a rejection of a shorter clip says so (the real-voice figures above)
 # Measured character error rate: the right phrase 0.00-0.13 (Kokoro's accented English: raw WER up
 # to 0.50, mostly the name and "voicefleet"), a wrong sentence by the same voice 0.76-0.81.
 MAX_PHRASE_CER = 0.25

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from voicefleet.tasks.audio import resample
 from voicefleet.tasks.consent import Consent, ConsentScope
-from voicefleet.tasks.demo_data import _EN_ENROLL, DEMO_VOICES, _engine
+from voicefleet.tasks.demo_data import _EN_ENROLL, DEMO_VOICES, _consent_phrase, _engine
 
 RATE = 24000
 SENTENCES = _EN_ENROLL[:6]  # "The morning bus was late again, ...", six demo lines
@@ -76,7 +76,7 @@ def encode(x: np.ndarray, rate: int, fmt: str) -> bytes:
 
 # as long as the demo's phrase (~5 s): a 2-3 s clip puts the same speaker's similarity at the
 # threshold (0.88-0.90 measured for joe), a 5 s one at 0.94-0.96
-CONSENT_PHRASE = "I, Joe Carter, agree that voicefleet may train a synthetic voice from my recordings."
+CONSENT_PHRASE = _consent_phrase(next(v for v in DEMO_VOICES if v.key == "joe"), "en")[0]
 
 
 def write_speaker(root: Path, folder: str, files: dict[str, bytes], transcripts: list[dict] | None = None,

@@ -10,13 +10,13 @@ import pytest
 from voicefleet.tasks.audio import resample, write_audio
 from voicefleet.tasks.consent import ClipVerdict, Consent, ConsentScope
 from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, check_consent_clip, phrase_match
-from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
+from voicefleet.tasks.demo_data import DEMO_VOICES, _consent_phrase, _engine
 from voicefleet.tasks.ingest import QCConfig, RejectedSpeaker, ingest_speaker
 from voicefleet.tasks.storage import Store
 
 SR = 32000
 JOE, ALPHA = DEMO_VOICES[0], DEMO_VOICES[1]
-PHRASE = "I, Joe Carter, agree that voicefleet may train a synthetic voice from my recordings."
+PHRASE = _consent_phrase(JOE, "en")[0]  # the demo's phrase for joe (Joe Carter)
 # a wrong sentence as long as the phrase: at 2-3 s the same speaker's similarity sits at the
 # threshold (0.88-0.90 measured), at ~5 s it is 0.94-0.95
 WRONG = "The library on Maple Street will be closed for repairs next week, so please return your books early."
