@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .decode_step import StepWeights
 from .sampler import RowParams, SamplingParams, sample
 
 LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -95,6 +96,7 @@ class DecodeEngine:
         self._bound = model
         self._state: _State | None = None
         self._shape: tuple | None = None
+        self._step_weights: StepWeights | None = None
         self.steps = 0
 
     @torch.no_grad()
@@ -105,6 +107,8 @@ class DecodeEngine:
         if self.graphs:
             for dst, src in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
                 dst.copy_(src)
+            if self._step_weights is not None:
+                self._step_weights.refresh()  # in place: the graphs hold its address
         else:
             self.model = model
         self._bound = model
@@ -135,6 +139,7 @@ class DecodeEngine:
             fed=torch.zeros(B, dtype=torch.bool, **z),
             rp=RowParams.build([SamplingParams()] * B, [0] * B, dev))
         self.model.ar_audio_position.table(S + 1)  # grow the sine table now, never inside a step
+        self._step_weights = None  # rebuilt from the grown table
         self._state, self._shape = st, shape
         if self.graphs:
             self._capture(st, B, S, use_top_p)
@@ -185,18 +190,25 @@ class DecodeEngine:
 
     def _feed(self, st: _State, b: int, S: int, masked: bool = True) -> None:
         """Run each row's new token through the transformer: its key/value go to cur_len.
-        `masked=False` when every row attends to all S positions (one row, S = its cur_len + 1)."""
-        m = self.model
+        `masked=False` when every row attends to all S positions (one row, S = its cur_len + 1):
+        then its key/value go to position S - 1, known on the host, with no index tensor."""
+        w = self._weights()
         tok, live, cur_len = st.last[:b], st.fed[:b], st.cur_len[:b]
-        pos = st.sem_pos[:b]
-        x = m.ar_audio_embedding(tok[:, None])
-        x = x + m.ar_audio_position.alpha * m.ar_audio_position.pe[pos][:, None].to(x.dtype)
-        mask = (torch.arange(S, device=tok.device)[None] <= cur_len[:, None])[:, None, None, :] if masked else None
-        for i, layer in enumerate(m.h.layers):
-            x = _layer_step(layer, x, st.k[i][:b, :, :S], st.v[i][:b, :, :S], cur_len, mask)
-        st.logits[:b] = m.ar_predict_layer(x[:, -1]).float()
-        pos += live.long()
+        x = F.embedding(tok, w.embedding).add_(w.position[st.sem_pos[:b]])  # (b, C)
+        if masked:
+            mask = (torch.arange(S, device=tok.device)[None] <= cur_len[:, None])[:, None, None, :]
+            at = cur_len.clamp(max=S - 1).view(b, 1, 1, 1).expand(b, w.n_head, 1, w.head_dim)
+        else:
+            mask, at = None, None
+        x = w.run(x, st.k, st.v, S, at, S - 1, mask)
+        st.logits[:b] = F.linear(x, w.predict).float()
+        st.sem_pos[:b] += live.long()
         cur_len += live.long()
+
+    def _weights(self) -> StepWeights:
+        if self._step_weights is None or self._step_weights.model is not self.model:
+            self._step_weights = StepWeights(self.model)
+        return self._step_weights
 
     # ---------------------------------------------------------------- admission
     @torch.no_grad()
@@ -327,19 +339,3 @@ class DecodeEngine:
                 slot_job[r] = moved[r] if r < len(live) else None
         st.done[len(live): b] = True
         return len(live)
-
-
-def _layer_step(layer, x: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cur_len: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-    """One post-norm transformer layer for one new token per row. x (b, 1, C); K, V (b, H, S, D)."""
-    attn = layer.self_attn
-    b, _, C = x.shape
-    H = attn.n_head
-    q, k, v = attn.project(x).chunk(3, dim=-1)
-    q, k, v = (t.view(b, 1, H, C // H).transpose(1, 2) for t in (q, k, v))
-    at = cur_len.clamp(max=K.shape[2] - 1)[:, None, None, None].expand(b, H, 1, C // H)
-    K.scatter_(2, at, k)  # row r's key/value at its own position cur_len[r]
-    V.scatter_(2, at, v)
-    y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)
-    x = layer.norm1(x + attn.out_proj(y.transpose(1, 2).reshape(b, 1, C)))
-    return layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
