@@ -10,7 +10,8 @@ in as lists; the reference implementation scripts its decode blocks for the same
 
 `StepWeights(model)` gathers those lists from a `Text2SemanticDecoder` (float weights, or the int8
 packed weights of `model/quantize.py`); the tensors are the model's own, so in-place weight
-updates are seen. `layers_step` is what `DecodeEngine` calls, eagerly or inside a CUDA graph.
+updates are seen. `layers_step` is what `DecodeEngine` calls: scripted on the CPU, as plain Python
+on CUDA, where the step is captured as a CUDA graph and replayed with no per-op host cost.
 """
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ class StepWeights:
 
     def run(self, x: torch.Tensor, K: list[torch.Tensor], V: list[torch.Tensor], S: int,
             at: torch.Tensor | None, at_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
-        return _scripted()(x, self.tensors, self.packed or _NO_PACKED, self.eps, K, V, S, at, at_pos, mask)
+        # on CUDA the step is replayed as a CUDA graph, which has no per-op host cost to save, and
+        # TorchScript's profiling executor would re-specialise the code between warm-up and capture
+        fn = _scripted() if x.device.type == "cpu" else layers_step
+        return fn(x, self.tensors, self.packed or _NO_PACKED, self.eps, K, V, S, at, at_pos, mask)
 
 
 def _linear(x: torch.Tensor, w: List[torch.Tensor], packed: List[torch.classes.quantized.LinearPackedParamsBase],

@@ -12,11 +12,13 @@ token seen (prompt and generated), top-p, temperature, top-k, then one draw.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
+# 0xFFFFFFFF below: a 32-bit mask, written out because TorchScript cannot read module globals
 
 
 @dataclass
@@ -33,18 +35,18 @@ class SamplingParams:
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
     return x ^ (x >> 16)
 
 
 def counter_uniform(seed: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
     """(B, vocab) float32 uniforms in (0, 1), a pure function of (seed[b], counter[b], v)."""
     s = seed.long()
-    key = _mix32((s & _MASK32) ^ _mix32(((s >> 32) & _MASK32) ^ _mix32(counter.long() & _MASK32)))
+    key = _mix32((s & 0xFFFFFFFF) ^ _mix32(((s >> 32) & 0xFFFFFFFF) ^ _mix32(counter.long() & 0xFFFFFFFF)))
     v = torch.arange(vocab, device=seed.device, dtype=torch.long)
-    h = _mix32((key[:, None] ^ _mix32(v * 0x9E3779B1 & _MASK32)[None]) & _MASK32)
+    h = _mix32((key[:, None] ^ _mix32(v * 0x9E3779B1 & 0xFFFFFFFF)[None]) & 0xFFFFFFFF)
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
@@ -88,28 +90,51 @@ def sample(logits: torch.Tensor, seen: torch.Tensor, rp: RowParams, count: torch
     both (B,) long, where greedy is the argmax after the penalty (the reference stops on it too).
 
     `use_top_p=False` skips the top-p sort (a static choice, so a CUDA graph holds one variant).
+    On the CPU this runs as TorchScript (~25 small ops, each cheaper to call from there; see
+    model/decode_step.py); on CUDA as plain Python, captured in the engine's graphs.
     """
+    fn = _scripted() if logits.device.type == "cpu" else sample_rows
+    return fn(logits, seen, rp.top_k, rp.top_p, rp.temperature, rp.penalty, rp.min_new, rp.seed, count, eos,
+              use_top_p)
+
+
+def sample_rows(logits: torch.Tensor, seen: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                temperature: torch.Tensor, penalty: torch.Tensor, min_new: torch.Tensor, seed: torch.Tensor,
+                count: torch.Tensor, eos: int, use_top_p: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`sample` with the row knobs as tensors (what TorchScript can take)."""
     logits = logits.float()
     V = logits.shape[-1]
     is_eos = torch.arange(V, device=logits.device)[None] == eos  # (no one_hot: it syncs on CUDA)
-    logits = logits.masked_fill(is_eos & (count < rp.min_new)[:, None], float("-inf"))
-    logits = apply_repetition_penalty(logits, seen, rp.penalty)
+    logits = logits.masked_fill(is_eos & (count < min_new)[:, None], float("-inf"))
+    logits = apply_repetition_penalty(logits, seen, penalty)
     greedy = logits.argmax(-1)
     if use_top_p:
         sorted_logits, idx = torch.sort(logits, descending=True)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop_sorted = cum > rp.top_p[:, None]
+        drop_sorted = cum > top_p[:, None]
         drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(1, idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    logits = logits / rp.temperature.clamp(min=1e-5)[:, None]
-    k = torch.where(rp.top_k > 0, rp.top_k.clamp(max=V), torch.full_like(rp.top_k, V))
-    ordered = torch.sort(logits, dim=-1, descending=True).values
+    logits = logits / temperature.clamp(min=1e-5)[:, None]
+    k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
+    ordered = torch.sort(logits, dim=-1, descending=True)[0]
     kth = ordered.gather(1, (k - 1)[:, None])
     logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     # exponential race: argmax(p / q), q ~ Exp(1), is a draw from p; q from the row's own counter stream
-    q = -torch.log(counter_uniform(rp.seed, count, V))
+    q = -torch.log(counter_uniform(seed, count, V))
     tok = (probs / q).argmax(-1)
-    greedy_rows = rp.temperature <= 0  # temperature 0 means greedy decoding
+    greedy_rows = temperature <= 0  # temperature 0 means greedy decoding
     return torch.where(greedy_rows, greedy, tok), greedy
+
+
+_SCRIPTED = None
+
+
+def _scripted():
+    global _SCRIPTED
+    if _SCRIPTED is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+            _SCRIPTED = torch.jit.script(sample_rows)
+    return _SCRIPTED

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from voicefleet.model.config import GPTConfig, SoVITSConfig
+from voicefleet.model.decode_step import StepWeights, _scripted, layers_step
 from voicefleet.model.engine import DecodeEngine, DecodeJob
 from voicefleet.model.gpt import SamplingParams, Text2SemanticDecoder
 from voicefleet.model.quantize import quantize_gpt_int8
-from voicefleet.model.sampler import counter_uniform
+from voicefleet.model.sampler import RowParams, counter_uniform, sample, sample_rows
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.synthesizer import resolve_precision
 
@@ -141,6 +142,44 @@ def test_int8_gpt_agrees_with_fp32_on_most_tokens():
     agree, same = _teacher_forced_agreement(gpt, q, torch.float32)
     assert agree >= 0.93, agree  # measured 0.978 (tiny), 0.962 (4-layer, 128-d)
     assert same >= 0.5, same  # measured 0.875
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_scripted_layer_step_equals_the_python_one_cuda_runs(int8):
+    """The CPU runs `layers_step` scripted, CUDA (inside its graphs) as plain Python: same numbers."""
+    gpt, *_ = gpt_and_lines(1)
+    model = quantize_gpt_int8(gpt) if int8 else gpt
+    w = StepWeights(model)
+    assert bool(w.packed) == int8
+    b, H, D, S_buf = 3, gpt.cfg.n_head, gpt.cfg.hidden_dim // gpt.cfg.n_head, 16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, gpt.cfg.hidden_dim, generator=g)
+    caches = [torch.randn(gpt.cfg.n_layer, b, H, S_buf, D, generator=g) for _ in range(2)]
+    cur_len = torch.tensor([4, 9, 6])
+    at = cur_len.view(b, 1, 1, 1).expand(b, H, 1, D)
+    mask = (torch.arange(10)[None] <= cur_len[:, None])[:, None, None, :]
+    with torch.no_grad():
+        for args in ((10, at, 0, mask), (10, None, 9, None)):  # per-row positions; one host position
+            outs = []
+            for fn in (_scripted(), layers_step):
+                K, V = (list(c.clone()) for c in caches)
+                outs.append((fn(x, w.tensors, w.packed, w.eps, K, V, *args), K, V))
+            (y1, K1, V1), (y2, K2, V2) = outs
+            torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+            assert all(torch.equal(a, c) for a, c in zip(K1 + V1, K2 + V2))
+            assert not torch.equal(K1[0], caches[0][0])  # the new keys were written
+
+
+@pytest.mark.parametrize("use_top_p", [False, True])
+def test_scripted_sampler_equals_the_python_one_cuda_runs(use_top_p):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(len(MIXED), 1025, generator=g) * 3
+    seen = torch.rand(len(MIXED), 1025, generator=g) < 0.05
+    rp = RowParams.build(MIXED, [7, 8, 9, 10, 11, 12], torch.device("cpu"))
+    count = torch.tensor([0, 1, 2, 5, 9, 40])
+    scripted = sample(logits, seen, rp, count, 1024, use_top_p)  # CPU: the TorchScript one
+    python = sample_rows(logits, seen, *(getattr(rp, f) for f in rp.fields()), count, 1024, use_top_p)
+    assert all(torch.equal(a, b) for a, b in zip(scripted, python))
 
 
 @pytest.mark.parametrize("dtype,min_snr", [(torch.bfloat16, 30.0), (torch.float16, 45.0)])
