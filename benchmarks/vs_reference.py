@@ -7,7 +7,8 @@ format, seed 0) and the same workload, in one process: per line 40 phones (BERT 
 copies (identical edit), so random weights do not end lines early and every line yields ~100
 tokens; tokens/s counts the tokens actually produced.
 
-GPT: reference `infer_panel` at batch 1 and `infer_panel_batch_infer` at batch > 1, against our
+GPT: reference `infer_panel` at batch 1 and `infer_panel_batch_infer` at batch > 1 (and, at batch 1
+on CUDA, its CUDA-graph runner `t2s_model_cudagraph.py` in the same precision), against our
 `DecodeEngine` (static KV cache, device-side sampling, continuous batching; CUDA graphs on CUDA),
 in each requested precision. `--int8` adds our int8-weight GPT (CPU) with its token agreement
 against float32: teacher-forced top-1 agreement on the float32 greedy continuation, and the
@@ -71,6 +72,32 @@ def import_reference(path: Path):
     from AR.models.t2s_model import Text2SemanticDecoder as RefGPT
     from module.models import SynthesizerTrn as RefSoVITS
     return RefGPT, RefSoVITS
+
+
+def ref_cudagraph_fn(path: Path, ckpt: Path, x, y, bert, dt, dev, n: int):
+    """The reference's CUDA-graph runner (`AR/models/t2s_model_cudagraph.py`, batch 1, SDPA) on one
+    line, same weights with the same EOS edit; returns a callable giving the new token count."""
+    import_reference(path)
+    from AR.models.structs_cudagraph import T2SRequest
+    from AR.models.t2s_model_cudagraph import CUDAGraphRunner
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        decoder = CUDAGraphRunner.load_decoder(str(ckpt), max_batch_size=1)
+    with torch.no_grad():
+        decoder.ar_predict_layer.weight[decoder.EOS] = 0
+    runner = CUDAGraphRunner(decoder, dev, dt)
+    request = T2SRequest(x=[x[0]], x_lens=torch.tensor([x.shape[1]], device=dev), prompts=y[:1],
+                         bert_feature=[bert[0].to(dt)], valid_length=1, top_k=15, early_stop_num=n - 1,
+                         use_cuda_graph=dev.type == "cuda")
+
+    def fn():
+        quiet = io.StringIO()  # its progress bar and speed lines
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            result = runner.generate(request)
+        if result.status != "Success":
+            raise RuntimeError(result.traceback)
+        return len(result.result[0])
+    return fn
 
 
 def sync(dev):
@@ -182,6 +209,15 @@ def main() -> None:
             ref_speed[(B, prec)] = rs or 0.0
             ratio = f"{toks / t / rs:.2f}x" if rs else "-"
             print(f"{'ours ' + prec:<34}{B:>6}{toks / t:>10.1f}{(f'{rs:.1f}' if rs else '-'):>11}{ratio:>10}{mem:>9.0f}")
+            if a.reference and B == 1 and dev.type == "cuda":  # the runner's own code calls .cuda()
+                try:
+                    gt, gtoks = timed(ref_cudagraph_fn(a.reference, tmp / "gpt.ckpt", x, y, bert, dt, dev, n), dev,
+                                      a.repeats)
+                    gs = gtoks / gt
+                    print(f"{'  vs ref CUDA-graph runner ' + prec:<34}{B:>6}{toks / t:>10.1f}{gs:>11.1f}"
+                          f"{toks / t / gs:>9.2f}x{peak_mb(dev):>9.0f}")
+                except Exception as e:  # noqa: BLE001 — print why the reference could not run this case
+                    print(f"  reference CUDA-graph runner failed at {prec}: {type(e).__name__}: {e}")
 
     if a.int8:
         q = quantize_gpt_int8(ours32)
