@@ -2,9 +2,9 @@
 
 A batch-1 decode step on a CPU is 24 layers of ~15 small ops around four matrix-vector products,
 so what each op costs to *call* matters as much as what it computes. Called from Python, an op
-pays for argument parsing: ~4 us for an add here, ~16 us for `F.linear`, and ~52 us for fbgemm's
-int8 `quantized::linear_dynamic`, whose packed-weight argument goes through a slow conversion.
-From TorchScript the same int8 call costs ~5 us (measured on this 2-core EPYC, 8x8 weights).
+pays for argument parsing: ~3 us for an add here, ~8 us for `F.linear`, and ~52 us for fbgemm's
+int8 `quantized::linear_dynamic`, whose packed-weight argument goes through a slow conversion;
+from TorchScript ~2, ~6 and ~4 us (`python benchmarks/op_call_cost.py`, this 2-core EPYC).
 So the layers run as one scripted function, compiled once per process, with the weights passed
 in as lists; the reference implementation scripts its decode blocks for the same reason.
 
