@@ -5,8 +5,8 @@ so what each op costs to *call* matters as much as what it computes. Called from
 pays for argument parsing: ~3 us for an add here, ~8 us for `F.linear`, and ~52 us for fbgemm's
 int8 `quantized::linear_dynamic`, whose packed-weight argument goes through a slow conversion;
 from TorchScript ~2, ~6 and ~4 us (`python benchmarks/op_call_cost.py`, this 2-core EPYC).
-So the layers run as one scripted function, compiled once per process, with the weights passed
-in as lists; the reference implementation scripts its decode blocks for the same reason.
+So the layers run as one scripted function (`model/torchscript.py`), with the weights passed in
+as lists; the reference implementation scripts its decode blocks for the same reason.
 
 `StepWeights(model)` gathers those lists from a `Text2SemanticDecoder` (float weights, or the int8
 packed weights of `model/quantize.py`); the tensors are the model's own, so in-place weight
@@ -15,13 +15,12 @@ on CUDA, where the step is captured as a CUDA graph and replayed with no per-op 
 """
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
-_NO_PACKED: list = []
+from .torchscript import for_device
 
 
 class StepWeights:
@@ -65,10 +64,7 @@ class StepWeights:
 
     def run(self, x: torch.Tensor, K: list[torch.Tensor], V: list[torch.Tensor], S: int,
             at: torch.Tensor | None, at_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
-        # on CUDA the step is replayed as a CUDA graph, which has no per-op host cost to save, and
-        # TorchScript's profiling executor would re-specialise the code between warm-up and capture
-        fn = _scripted() if x.device.type == "cpu" else layers_step
-        return fn(x, self.tensors, self.packed or _NO_PACKED, self.eps, K, V, S, at, at_pos, mask)
+        return for_device(layers_step, x.device)(x, self.tensors, self.packed, self.eps, K, V, S, at, at_pos, mask)
 
 
 def _linear(x: torch.Tensor, w: List[torch.Tensor], packed: List[torch.classes.quantized.LinearPackedParamsBase],
@@ -108,16 +104,3 @@ def layers_step(x: torch.Tensor, tensors: List[List[torch.Tensor]],
         x = F.layer_norm(_linear(h, w, p, 3) + x, [C], w[10], w[11], eps[2 * i + 1])
     return x
 
-
-_SCRIPTED = None
-
-
-def _scripted():
-    """`layers_step` compiled once (TorchScript warns of its deprecation; it is still what calls
-    these ops cheapest here, see the module docstring)."""
-    global _SCRIPTED
-    if _SCRIPTED is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            _SCRIPTED = torch.jit.script(layers_step)
-    return _SCRIPTED

@@ -139,7 +139,6 @@ class DecodeEngine:
             fed=torch.zeros(B, dtype=torch.bool, **z),
             rp=RowParams.build([SamplingParams()] * B, [0] * B, dev))
         self.model.ar_audio_position.table(S + 1)  # grow the sine table now, never inside a step
-        self._step_weights = None  # rebuilt from the grown table
         self._state, self._shape = st, shape
         if self.graphs:
             self._capture(st, B, S, use_top_p)
@@ -206,9 +205,12 @@ class DecodeEngine:
         cur_len += live.long()
 
     def _weights(self) -> StepWeights:
-        if self._step_weights is None or self._step_weights.model is not self.model:
-            self._step_weights = StepWeights(self.model)
-        return self._step_weights
+        """The bound model's step weights, built again after a voice switch (without graphs) or
+        after `_allocate` grew the sine table; kept otherwise, as captured graphs hold them."""
+        w = self._step_weights
+        if w is None or w.model is not self.model or len(w.position) != len(self.model.ar_audio_position.pe):
+            self._step_weights = w = StepWeights(self.model)
+        return w
 
     # ---------------------------------------------------------------- admission
     @torch.no_grad()

@@ -12,11 +12,12 @@ token seen (prompt and generated), top-p, temperature, top-k, then one draw.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Tuple
 
 import torch
+
+from .torchscript import for_device
 
 # 0xFFFFFFFF below: a 32-bit mask, written out because TorchScript cannot read module globals
 
@@ -91,11 +92,10 @@ def sample(logits: torch.Tensor, seen: torch.Tensor, rp: RowParams, count: torch
 
     `use_top_p=False` skips the top-p sort (a static choice, so a CUDA graph holds one variant).
     On the CPU this runs as TorchScript (~25 small ops, each cheaper to call from there; see
-    model/decode_step.py); on CUDA as plain Python, captured in the engine's graphs.
+    model/torchscript.py); on CUDA as plain Python, captured in the engine's graphs.
     """
-    fn = _scripted() if logits.device.type == "cpu" else sample_rows
-    return fn(logits, seen, rp.top_k, rp.top_p, rp.temperature, rp.penalty, rp.min_new, rp.seed, count, eos,
-              use_top_p)
+    return for_device(sample_rows, logits.device)(logits, seen, rp.top_k, rp.top_p, rp.temperature, rp.penalty,
+                                                  rp.min_new, rp.seed, count, eos, use_top_p)
 
 
 def sample_rows(logits: torch.Tensor, seen: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -127,14 +127,3 @@ def sample_rows(logits: torch.Tensor, seen: torch.Tensor, top_k: torch.Tensor, t
     greedy_rows = temperature <= 0  # temperature 0 means greedy decoding
     return torch.where(greedy_rows, greedy, tok), greedy
 
-
-_SCRIPTED = None
-
-
-def _scripted():
-    global _SCRIPTED
-    if _SCRIPTED is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-            _SCRIPTED = torch.jit.script(sample_rows)
-    return _SCRIPTED

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from voicefleet.model.config import GPTConfig, SoVITSConfig
-from voicefleet.model.decode_step import StepWeights, _scripted, layers_step
+from voicefleet.model.decode_step import StepWeights, layers_step
 from voicefleet.model.engine import DecodeEngine, DecodeJob
 from voicefleet.model.gpt import SamplingParams, Text2SemanticDecoder
 from voicefleet.model.quantize import quantize_gpt_int8
 from voicefleet.model.sampler import RowParams, counter_uniform, sample, sample_rows
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.synthesizer import resolve_precision
+from voicefleet.model.torchscript import for_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -161,7 +162,7 @@ def test_scripted_layer_step_equals_the_python_one_cuda_runs(int8):
     with torch.no_grad():
         for args in ((10, at, 0, mask), (10, None, 9, None)):  # per-row positions; one host position
             outs = []
-            for fn in (_scripted(), layers_step):
+            for fn in (for_device(layers_step, torch.device("cpu")), layers_step):
                 K, V = (list(c.clone()) for c in caches)
                 outs.append((fn(x, w.tensors, w.packed, w.eps, K, V, *args), K, V))
             (y1, K1, V1), (y2, K2, V2) = outs
