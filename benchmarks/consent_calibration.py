@@ -1,10 +1,10 @@
-"""Calibrate the consent-clip checks on the six distinct pip-shipped voices (tasks/demo_data.py).
+"""Calibrate the consent-clip checks on the six distinct pip-shipped voices (flows/demo/).
 
 Prints, for every (consent clip of voice A, enrollment takes of voice B) pair, the GE2E cosine
-similarity of the clip to B's centroid (tasks/speaker.py) -- the diagonal is "same speaker", the
+similarity of the clip to B's centroid (tasks/measure/speaker.py) -- the diagonal is "same speaker", the
 rest "another speaker" -- and, per consent clip, the Whisper tiny.en transcript and its word error
 rate against the consent phrase, next to the WER of an enrollment take (a wrong phrase by the
-right speaker). The thresholds in tasks/consent_verify.py come from these figures.
+right speaker). The thresholds in tasks/safety/consent_verify.py come from these figures.
 
 With ``--human DIR`` (a folder holding the pyannote-audio wheel: ``pip download --no-deps
 pyannote-audio==4.0.7 -d DIR``) it first scores real voices (tests/human_speech.py): each pyannote
@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import human_speech  # noqa: E402
 
-from voicefleet.tasks.asr import ASR, wer
-from voicefleet.tasks.audio import load_audio
-from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, phrase_match
-from voicefleet.tasks.demo_data import DEMO_VOICES, build_demo_enrollment
-from voicefleet.tasks.speaker import embed, mean_embedding, similarity
+from voicefleet.flows.demo.enrollment import build_demo_enrollment
+from voicefleet.flows.demo.voices import DEMO_VOICES
+from voicefleet.tasks.measure.asr import ASR, wer
+from voicefleet.tasks.measure.audio import load_audio
+from voicefleet.tasks.measure.speaker import embed, mean_embedding, similarity
+from voicefleet.tasks.safety.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, phrase_match
 
 SR = 16000
 

@@ -3,7 +3,7 @@
 Parts (all by default):
 
 - `throughput`: voices per hour with the tiny config on a local Ray cluster, the same voices
-  trained by 1 and then 2 trainer actors (tasks/train_scheduler.py), evaluation + gate included
+  trained by 1 and then 2 trainer actors (tasks/train/scheduler.py), evaluation + gate included
   (`--gate off` to leave them out); also the final GPT loss of full vs LoRA fine-tuning of the
   same voices (quality at equal epochs).
 - `memory`: peak RSS of one training unit at v2 size on CPU (random weights; a few SoVITS and
@@ -45,9 +45,9 @@ def part_size() -> None:
     from voicefleet.model.gpt import Text2SemanticDecoder
     from voicefleet.model.lora import LoRAConfig, add_lora, lora_state
     from voicefleet.model.sovits import SynthesizerTrn
-    from voicefleet.tasks.base_store import BaseRef
-    from voicefleet.tasks.storage import Store
-    from voicefleet.tasks.voice_artifacts import save_lora
+    from voicefleet.tasks.store.storage import Store
+    from voicefleet.tasks.voices.artifacts import save_lora
+    from voicefleet.tasks.voices.base_store import BaseRef
 
     print("\n## artifact size per voice, v2 sizes")
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def memory_child(kind: str, steps: int, clip_s: float, batch: int, threads: int)
     from voicefleet.model.config import GPTConfig, SoVITSConfig
     from voicefleet.model.gpt import Text2SemanticDecoder
     from voicefleet.model.sovits import SynthesizerTrn
-    from voicefleet.tasks.finetune import Recipe, finetune
+    from voicefleet.tasks.train.finetune import Recipe, finetune
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -132,13 +132,13 @@ def part_memory(args) -> None:
 def part_throughput(args) -> None:
     import ray
 
-    from voicefleet.tasks.base_store import publish_base
-    from voicefleet.tasks.demo_data import build_demo_enrollment
-    from voicefleet.tasks.enroll import prepare_speaker, run_on_ray
-    from voicefleet.tasks.finetune import Recipe
-    from voicefleet.tasks.runtime import Resources, ensure_ray
-    from voicefleet.tasks.storage import Store
-    from voicefleet.tasks.train_scheduler import train_voices
+    from voicefleet.flows.demo.enrollment import build_demo_enrollment
+    from voicefleet.tasks.cluster.runtime import Resources, ensure_ray
+    from voicefleet.tasks.enroll.prepare import prepare_speaker, run_on_ray
+    from voicefleet.tasks.store.storage import Store
+    from voicefleet.tasks.train.finetune import Recipe
+    from voicefleet.tasks.train.scheduler import train_voices
+    from voicefleet.tasks.voices.base_store import publish_base
 
     os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
     ensure_ray(num_cpus=os.cpu_count())

@@ -10,7 +10,7 @@ MP3 at 16 kHz, no transcripts (so every utterance goes through ASR), consent as 
    YAMNet music share, speaker clustering), ASR (Whisper tiny.en int8), features (phones +
    semantic tokens with the tiny base model: the official HuBERT costs more).
    Figure per stage: audio minutes / stage wall minutes.
-2. The whole prepare step (`tasks/enroll.py: prepare_speaker`, fingerprint -> ingest -> features)
+2. The whole prepare step (`tasks/enroll/prepare.py: prepare_speaker`, fingerprint -> ingest -> features)
    as Ray tasks on a local cluster with 1 and then 2 CPUs (one task per speaker, num_cpus=1),
    cold workers included: that is what an enrollment run pays. Baseline: the 1-worker run.
 3. A rerun of the same uploads (fingerprint only): audio minutes per minute when nothing changed.
@@ -27,14 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def build(root: Path, n: int) -> float:
     from ingest_audio import CONSENT_PHRASE, RATE, SENTENCES, encode, join, speak, write_speaker
 
-    from voicefleet.tasks.audio import resample
+    from voicefleet.tasks.measure.audio import resample
 
     joe = [speak("joe", s) for s in SENTENCES]
     long = resample(join(joe + joe, gap_s=0.7), RATE, 44100)
@@ -47,17 +46,17 @@ def build(root: Path, n: int) -> float:
 
 
 def stages(root: Path, n: int, audio_min: float) -> None:
-    from voicefleet.tasks.audio import resample
-    from voicefleet.tasks.base_model import load_base
-    from voicefleet.tasks.decode import decode_upload
-    from voicefleet.tasks.enroll import make_frontend
-    from voicefleet.tasks.features import build_dataset
-    from voicefleet.tasks.ingest import ingest_speaker
-    from voicefleet.tasks.slicing import slice_points
-    from voicefleet.tasks.speech_checks import QCConfig, count_speakers, measure_file
-    from voicefleet.tasks.storage import Store
-    from voicefleet.tasks.transcribe import Transcriber
-    from voicefleet.tasks.vad import VAD_RATE, detect
+    from voicefleet.tasks.enroll.decode import decode_upload
+    from voicefleet.tasks.enroll.features import build_dataset
+    from voicefleet.tasks.enroll.ingest import ingest_speaker
+    from voicefleet.tasks.enroll.prepare import make_frontend
+    from voicefleet.tasks.enroll.slicing import slice_points
+    from voicefleet.tasks.enroll.speech_checks import QCConfig, count_speakers, measure_file
+    from voicefleet.tasks.enroll.transcribe import Transcriber
+    from voicefleet.tasks.enroll.vad import VAD_RATE, detect
+    from voicefleet.tasks.measure.audio import resample
+    from voicefleet.tasks.store.storage import Store
+    from voicefleet.tasks.voices.base_model import load_base
 
     qc, src = QCConfig(), Store(str(root))
     base = load_base("tiny")
@@ -105,9 +104,9 @@ def stages(root: Path, n: int, audio_min: float) -> None:
 def on_ray(root: Path, n: int, audio_min: float, workers: list[int]) -> None:
     import ray
 
-    from voicefleet.tasks.enroll import prepare_speaker, run_on_ray
-    from voicefleet.tasks.runtime import Resources
-    from voicefleet.tasks.upload_fingerprint import model_identity
+    from voicefleet.tasks.cluster.runtime import Resources
+    from voicefleet.tasks.enroll.prepare import prepare_speaker, run_on_ray
+    from voicefleet.tasks.enroll.upload_fingerprint import model_identity
 
     identity = model_identity("tiny", {}, {})
     print(f"\n2. prepare_speaker as Ray tasks (fingerprint + ingest + features), {n} speakers, cold workers")

@@ -4,9 +4,9 @@ Lines are real speech from piper's joe voice (what a trained voice sounds like t
 speaker model; the untrained demo model's output is not speech). Per line, medians over the lines:
 
     synthesis   piper producing the line (context: a fast CPU TTS, not voicefleet's model)
-    postprocess DC removal, silence trim, loudness + true-peak limiter (tasks/postprocess.py)
-    asr         Whisper tiny.en int8 transcript + WER (tasks/asr.py)
-    speaker     GE2E embedding + similarity to the reference (tasks/speaker.py)
+    postprocess DC removal, silence trim, loudness + true-peak limiter (tasks/render/postprocess.py)
+    asr         Whisper tiny.en int8 transcript + WER (tasks/measure/asr.py)
+    speaker     GE2E embedding + similarity to the reference (tasks/measure/speaker.py)
     qc total    LineQC.check (asr + speaker + signal checks)
 
 plus the load average, because on a shared 2-core machine a busy neighbour changes the figures.
@@ -32,13 +32,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from voicefleet.tasks.asr import ASR, wer
-    from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
-    from voicefleet.tasks.line_qc import LineQC, QCConfig
-    from voicefleet.tasks.postprocess import PostConfig, postprocess
-    from voicefleet.tasks.speaker import embed, similarity
+    from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+    from voicefleet.tasks.measure.asr import ASR, wer
+    from voicefleet.tasks.measure.speaker import embed, similarity
+    from voicefleet.tasks.render.line_qc import LineQC, QCConfig
+    from voicefleet.tasks.render.postprocess import PostConfig, postprocess
 
-    engine, voice = _engine("piper"), DEMO_VOICES[0]
+    engine, voice = load_engine("piper"), DEMO_VOICES[0]
     sr = engine.sample_rate
     qc = LineQC(QCConfig(mode="report"), threads=args.threads)
     asr = ASR(threads=args.threads)

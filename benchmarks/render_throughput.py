@@ -44,10 +44,10 @@ def naive(store, rows, args) -> tuple[float, float, float]:
 
     from voicefleet.model.synthesizer import LineRequest, Synthesizer
     from voicefleet.model.text.frontend import TextFrontend
-    from voicefleet.tasks.line_qc import QCConfig
-    from voicefleet.tasks.postprocess import postprocess
-    from voicefleet.tasks.render import RenderSettings, SynthesizeLines, line_settings, mark_line
-    from voicefleet.tasks.render_plan import VoiceAuthorizer, line_seed
+    from voicefleet.tasks.render.line_qc import QCConfig
+    from voicefleet.tasks.render.pipeline import RenderSettings, SynthesizeLines, line_settings, mark_line
+    from voicefleet.tasks.render.plan import VoiceAuthorizer, line_seed
+    from voicefleet.tasks.render.postprocess import postprocess
 
     torch.set_num_threads(args.threads)
     auth = VoiceAuthorizer(store, "user:bench")
@@ -71,11 +71,11 @@ def naive(store, rows, args) -> tuple[float, float, float]:
 
 
 def pipeline(store, script, actors, args) -> tuple[float, float, int]:
-    from voicefleet.tasks.job_index import compact, job_totals
-    from voicefleet.tasks.line_qc import QCConfig
-    from voicefleet.tasks.render import RenderSettings, render_lines
-    from voicefleet.tasks.render_plan import plan_script, write_todo
-    from voicefleet.tasks.runtime import Resources
+    from voicefleet.tasks.cluster.runtime import Resources
+    from voicefleet.tasks.render.job_index import compact, job_totals
+    from voicefleet.tasks.render.line_qc import QCConfig
+    from voicefleet.tasks.render.pipeline import RenderSettings, render_lines
+    from voicefleet.tasks.render.plan import plan_script, write_todo
 
     job = f"bench-{actors}-{int(time.time())}"
     settings = RenderSettings(actors=actors, batch_size=args.batch_size, max_tokens_per_phone=args.max_tokens_per_phone,
@@ -110,8 +110,8 @@ def main() -> None:
 
     from render_voices import register_tiny_voices
 
-    from voicefleet.tasks.runtime import ensure_ray
-    from voicefleet.tasks.storage import Store
+    from voicefleet.tasks.cluster.runtime import ensure_ray
+    from voicefleet.tasks.store.storage import Store
 
     tmp = tempfile.mkdtemp(prefix="vf-bench-")
     if args.lines == 0:

@@ -18,12 +18,12 @@ import time
 import numpy as np
 import torch
 
+from voicefleet.flows.demo.enrollment import EN_ENROLL
 from voicefleet.model.config import GPTConfig, SoVITSConfig
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.synthesizer import LineRequest, LineSettings, Synthesizer, VoicePrompt
 from voicefleet.model.text.frontend import TextFrontend
-from voicefleet.tasks.demo_data import _EN_ENROLL
 
 ZH = ("今天天气很好，我们去公园散步吧。", "这家餐厅的菜非常好吃。", "请把窗户关上，外面有点冷。",
       "他每天早上六点起床，然后去跑步。", "我们明天下午三点在图书馆见面。", "这本书我已经读了两遍了。",
@@ -31,7 +31,7 @@ ZH = ("今天天气很好，我们去公园散步吧。", "这家餐厅的菜非
 
 
 def sentences(n: int) -> list[tuple[str, str]]:
-    pool = [(s, "en") for s in _EN_ENROLL] + [(s, "zh") for s in ZH]
+    pool = [(s, "en") for s in EN_ENROLL] + [(s, "zh") for s in ZH]
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):  # mixed length: 1-3 sentences per line

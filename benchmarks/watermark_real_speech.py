@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import human_speech  # noqa: E402
 from audio_transforms import TRANSFORMS, trim  # noqa: E402
 
-from voicefleet.tasks import watermark  # noqa: E402
-from voicefleet.tasks.audio import load_audio, resample  # noqa: E402
+from voicefleet.tasks.measure.audio import load_audio, resample  # noqa: E402
+from voicefleet.tasks.safety import watermark  # noqa: E402
 
 SR = 32000
 QUIET_DB = 30.0

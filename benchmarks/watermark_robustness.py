@@ -28,10 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from audio_transforms import TRANSFORMS  # noqa: E402
 
-from voicefleet.tasks import fingerprint, watermark  # noqa: E402
-from voicefleet.tasks.audio import encode_flac, load_audio  # noqa: E402
-from voicefleet.tasks.demo_data import DEMO_VOICES, build_demo_enrollment  # noqa: E402
-from voicefleet.tasks.storage import Store  # noqa: E402
+from voicefleet.flows.demo.enrollment import build_demo_enrollment  # noqa: E402
+from voicefleet.flows.demo.voices import DEMO_VOICES  # noqa: E402
+from voicefleet.tasks.measure.audio import encode_flac, load_audio  # noqa: E402
+from voicefleet.tasks.safety import fingerprint, watermark  # noqa: E402
+from voicefleet.tasks.store.storage import Store  # noqa: E402
 
 SR = 32000
 
@@ -104,7 +105,7 @@ def main() -> None:
         if args.dnsmos:
             from speechmos import dnsmos
 
-            from voicefleet.tasks.audio import resample
+            from voicefleet.tasks.measure.audio import resample
 
             def mos(a: np.ndarray) -> dict[str, float]:
                 r = dnsmos.run(np.clip(resample(a, SR, 16000), -1, 1).astype(np.float32), 16000)

@@ -65,16 +65,17 @@ class CLIError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """Map the pipeline's user-actionable exceptions to exit codes."""
     from voicefleet.model.checkpoint import CheckpointError
-    from voicefleet.tasks.access import NotPermitted
-    from voicefleet.tasks.base_model import PretrainedNotFound
-    from voicefleet.tasks.job_lease import JobLeaseHeld, JobLeaseLost
-    from voicefleet.tasks.line_qc import QCConfigError
-    from voicefleet.tasks.postprocess import PostConfigError
-    from voicefleet.tasks.principal import InvalidToken, LocalModeRequired
-    from voicefleet.tasks.registry import ConsentWithdrawn, InvalidGrant, InvalidPrincipal, UnknownVersion, UnknownVoice
-    from voicefleet.tasks.runtime import LocalStoreOnCluster
-    from voicefleet.tasks.script import ScriptError
-    from voicefleet.tasks.storage import InvalidId, InvalidKey
+    from voicefleet.tasks.cluster.runtime import LocalStoreOnCluster
+    from voicefleet.tasks.render.job_lease import JobLeaseHeld, JobLeaseLost
+    from voicefleet.tasks.render.line_qc import QCConfigError
+    from voicefleet.tasks.render.postprocess import PostConfigError
+    from voicefleet.tasks.render.script import ScriptError
+    from voicefleet.tasks.safety.access import InvalidPrincipal, NotPermitted
+    from voicefleet.tasks.safety.principal import InvalidToken, LocalModeRequired
+    from voicefleet.tasks.store.ids import InvalidId
+    from voicefleet.tasks.store.storage import InvalidKey
+    from voicefleet.tasks.voices.base_model import PretrainedNotFound
+    from voicefleet.tasks.voices.registry import ConsentWithdrawn, InvalidGrant, UnknownVersion, UnknownVoice
 
     if isinstance(exc, CLIError):
         return exc.code
@@ -147,7 +148,7 @@ def progress_bars():
 
 
 def store_of(uri: str):
-    from voicefleet.tasks.storage import Store
+    from voicefleet.tasks.store.storage import Store
 
     return Store(uri)
 
@@ -168,7 +169,7 @@ def check_src(src: str) -> None:
 
 
 def recipe_of(recipe: str) -> dict:
-    from voicefleet.tasks.finetune import Recipe
+    from voicefleet.tasks.train.finetune import Recipe
 
     if recipe == "demo":
         return Recipe.demo().model_dump()
@@ -184,7 +185,7 @@ def recipe_of(recipe: str) -> dict:
 
 
 def qc_of(min_speech: float, asr_model: Optional[str]) -> dict:
-    """Enrollment QC settings from the CLI (every other threshold: tasks/speech_checks.py QCConfig)."""
+    """Enrollment QC settings from the CLI (every other threshold: tasks/enroll/speech_checks.py QCConfig)."""
     if min_speech <= 0:
         raise CLIError(f"--min-speech must be > 0 seconds, got {min_speech:g}", EXIT_BAD_INPUT)
     if asr_model and not Path(asr_model).is_dir():
@@ -282,7 +283,7 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
 
 
 def gate_of(mode: str, min_similarity: float, max_wer: float) -> dict:
-    from voicefleet.tasks.evaluate import Gate
+    from voicefleet.tasks.train.evaluate import Gate
 
     if mode not in ("enforce", "report", "off"):
         raise CLIError(f"--gate {mode!r} is not one of enforce, report, off", EXIT_BAD_INPUT)
@@ -338,7 +339,7 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
             resolve_precision(None if precision == "auto" else precision, torch.device("cuda" if gpus > 0 else "cpu"))
         except ValueError as e:
             raise CLIError(f"--precision: {e}", EXIT_BAD_INPUT) from None
-        from voicefleet.tasks.principal import resolve_principal
+        from voicefleet.tasks.safety.principal import resolve_principal
 
         who = resolve_principal(token, principal, local=local)
         check_pretrained(pretrained)
@@ -373,8 +374,8 @@ def quality_settings(mode: Optional[str], retries: Optional[int], config_file: O
     """The render flow's `qc` and `post` arguments, checked before anything starts (bad value: exit 2)."""
     from dataclasses import asdict
 
-    from voicefleet.tasks.line_qc import QCConfig
-    from voicefleet.tasks.postprocess import PostConfig
+    from voicefleet.tasks.render.line_qc import QCConfig
+    from voicefleet.tasks.render.postprocess import PostConfig
 
     given = dict(mode=mode, retries=retries, max_wer=max_wer, min_similarity=min_similarity, asr_model=asr_model)
     qc = QCConfig.from_file(config_file, **given) if config_file else QCConfig(
@@ -384,7 +385,7 @@ def quality_settings(mode: Optional[str], retries: Optional[int], config_file: O
 
 
 def _registry(store: str):
-    from voicefleet.tasks.registry import VoiceRegistry
+    from voicefleet.tasks.voices.registry import VoiceRegistry
 
     return VoiceRegistry(store_of(store))
 
@@ -431,7 +432,7 @@ def voices_rollback(voice: str = typer.Argument(..., help="Voice id."),
                     store: str = StoreOpt):
     """Make an earlier version of a voice current again."""
     with handled():
-        from voicefleet.tasks.registry import UnknownVersion
+        from voicefleet.tasks.voices.registry import UnknownVersion
 
         reg = _registry(store)
         rec = reg.get(voice)
@@ -452,8 +453,8 @@ def voices_rollback(voice: str = typer.Argument(..., help="Voice id."),
 
 
 def _job_meta(s, job: str) -> dict:
-    from voicefleet.tasks.shards import job_prefix
-    from voicefleet.tasks.storage import safe_id
+    from voicefleet.tasks.render.job_paths import job_prefix
+    from voicefleet.tasks.store.ids import safe_id
 
     safe_id(job, "job id")
     key = f"{job_prefix(job)}/job.json"
@@ -467,8 +468,8 @@ def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str 
               worst: int = typer.Option(10, min=0, help="How many of the worst lines to list.")):
     """Status and counts of a render job (by distinct line), audio hours and the worst lines."""
     with handled():
-        from voicefleet.tasks.job_index import job_totals, worst_lines
-        from voicefleet.tasks.shards import index_glob
+        from voicefleet.tasks.render.job_index import job_totals, worst_lines
+        from voicefleet.tasks.render.job_paths import index_glob
 
         s = store_of(store)
         meta = _job_meta(s, job)
@@ -504,8 +505,8 @@ def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str 
 def jobs_compact(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt):
     """Rewrite a job's index parts as a few large files and delete tars no row points at."""
     with handled():
-        from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
-        from voicefleet.tasks.job_lease import JobLease
+        from voicefleet.tasks.render.job_index import compact, job_totals, remove_orphans
+        from voicefleet.tasks.render.job_lease import JobLease
 
         s = store_of(store)
         _job_meta(s, job)
@@ -522,8 +523,8 @@ def jobs_report(job: str = typer.Argument(..., help="Render job id."), store: st
                 worst: int = typer.Option(20, min=1, max=500, help="Worst lines shown with audio players.")):
     """Write report.html beside the job's index: counts, per-voice throughput, histograms, worst lines."""
     with handled():
-        from voicefleet.tasks.job_report import NoSuchJob, write_report
-        from voicefleet.tasks.storage import safe_id
+        from voicefleet.tasks.render.job_report import NoSuchJob, write_report
+        from voicefleet.tasks.store.ids import safe_id
 
         safe_id(job, "job id")
         try:
@@ -544,7 +545,8 @@ def demo(store: str = StoreOpt,
         t0 = time.perf_counter()
         check_pretrained(pretrained)
         quiet_logs()
-        from voicefleet.tasks.demo_data import build_demo_enrollment, build_demo_script
+        from voicefleet.flows.demo.enrollment import build_demo_enrollment
+        from voicefleet.flows.demo.script import build_demo_script
 
         s = store_of(store)
         console.print(f"[bold]voicefleet demo[/] -> store {s.uri}")
@@ -565,7 +567,7 @@ def demo(store: str = StoreOpt,
         console.print(f"quality gate: {gate_mode}" + ("" if pretrained else
                       " (report only: voices from the untrained tiny base cannot pass it; their figures are recorded)"))
         with progress_bars():
-            from voicefleet.tasks.speech_checks import QCConfig
+            from voicefleet.tasks.enroll.speech_checks import QCConfig
 
             # the demo's six short takes per voice (~17 s of speech) pass the demo's own lower minimum
             summary = enroll_batch(s.url("demo/enroll"), store, pretrained=pretrained, recipe=rec,
@@ -623,14 +625,14 @@ def parse_when(value: Optional[str], option: str):
 
 
 def acting(token: Optional[str], name: Optional[str], local: bool) -> str:
-    from voicefleet.tasks.principal import resolve_principal
+    from voicefleet.tasks.safety.principal import resolve_principal
 
     return resolve_principal(token, name, local=local).name
 
 
 def _managed(store: str, voice: str, actor: str):
-    from voicefleet.tasks.access import email_domain, may_manage
-    from voicefleet.tasks.registry import VoiceRegistry
+    from voicefleet.tasks.safety.access import email_domain, may_manage
+    from voicefleet.tasks.voices.registry import VoiceRegistry
 
     registry = VoiceRegistry(store_of(store), org_of=email_domain)
     may_manage(registry.get(voice), actor)
@@ -638,7 +640,7 @@ def _managed(store: str, voice: str, actor: str):
 
 
 def audit_event(store: str, event: str, actor: str, voice: str, detail: dict) -> None:
-    from voicefleet.tasks import audit
+    from voicefleet.tasks.safety import audit
 
     audit.append(store_of(store), event, actor, voice=voice, detail=detail)
 
@@ -650,7 +652,7 @@ def audit_show(voice: Optional[str] = typer.Option(None, help="Only records abou
                store: str = StoreOpt):
     """The audit log: verify its hash chain (exit 4 naming the first broken record), then list records."""
     with handled():
-        from voicefleet.tasks import audit
+        from voicefleet.tasks.safety import audit
 
         records = audit.read(store_of(store))
         try:
@@ -728,9 +730,9 @@ def watermark_detect(file: str = typer.Argument(..., help="Audio file or URL (wa
     with handled():
         import fsspec
 
-        from voicefleet.tasks.audio import load_audio
-        from voicefleet.tasks.fingerprint import lookup
-        from voicefleet.tasks.watermark import MARK_RATE, THRESHOLD, detect
+        from voicefleet.tasks.measure.audio import load_audio
+        from voicefleet.tasks.safety.fingerprint import lookup
+        from voicefleet.tasks.safety.watermark import MARK_RATE, THRESHOLD, detect
 
         with fsspec.open(file, "rb") as f:
             audio = load_audio(f.read(), MARK_RATE, name=Path(file).name)
@@ -753,7 +755,7 @@ def principal_token(name: str = typer.Argument(..., help="Principal, e.g. user:a
     with handled():
         import datetime as dt
 
-        from voicefleet.tasks.principal import mint_token
+        from voicefleet.tasks.safety.principal import mint_token
 
         when = parse_when(expires, "--expires") or dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
         try:

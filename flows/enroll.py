@@ -1,7 +1,7 @@
 """Prefect flow `enroll_batch`: enrollment uploads -> checked datasets -> fine-tuned, registered voices.
 
     discover speakers -> prepare (ingest, checks, features; Ray task per speaker)
-      -> train (tasks/train_scheduler.py: a pool of trainer actors, one voice at a time each, GPU
+      -> train (tasks/train/scheduler.py: a pool of trainer actors, one voice at a time each, GPU
          fractions if asked; per-epoch checkpoints; evaluation sentences + quality gate)
       -> register (immutable version; current unless the gate held it back)
       -> report (Parquet + Prefect table artifact)
@@ -18,20 +18,20 @@ from prefect.cache_policies import NONE
 task = prefect_task(cache_policy=NONE)
 from prefect.artifacts import create_table_artifact
 
-from voicefleet.tasks import audit
-from voicefleet.tasks.base_model import base_spec
-from voicefleet.tasks.base_store import publish_base
-from voicefleet.tasks.consent import registry_terms
-from voicefleet.tasks.enroll import SpeakerResult, prepare_speaker, run_on_ray
-from voicefleet.tasks.finetune import Recipe
-from voicefleet.tasks.ingest import discover_speakers
-from voicefleet.tasks.ingest_report import artifact_rows, report_row, write_report
-from voicefleet.tasks.registry import RegistryError, VoiceRegistry
-from voicefleet.tasks.runtime import Resources, ensure_ray
-from voicefleet.tasks.storage import Store
-from voicefleet.tasks.train_scheduler import train_voices
-from voicefleet.tasks.upload_fingerprint import model_identity
-from voicefleet.tasks.voice_ids import assign_voice_ids
+from voicefleet.tasks.cluster.runtime import Resources, ensure_ray
+from voicefleet.tasks.enroll.ingest import discover_speakers
+from voicefleet.tasks.enroll.ingest_report import artifact_rows, report_row, write_report
+from voicefleet.tasks.enroll.prepare import SpeakerResult, prepare_speaker, run_on_ray
+from voicefleet.tasks.enroll.upload_fingerprint import model_identity
+from voicefleet.tasks.enroll.voice_ids import assign_voice_ids
+from voicefleet.tasks.safety import audit
+from voicefleet.tasks.safety.consent import registry_terms
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.train.finetune import Recipe
+from voicefleet.tasks.train.scheduler import train_voices
+from voicefleet.tasks.voices.base_model import base_spec
+from voicefleet.tasks.voices.base_store import publish_base
+from voicefleet.tasks.voices.registry import RegistryError, VoiceRegistry
 
 from .progress import report
 

@@ -1,8 +1,8 @@
 """Prefect flow `render_script`: a script of lines -> audio shards + Parquet index, as a principal.
 
-    plan (read the script once: check every line, authorize each voice once; tasks/render_plan.py)
+    plan (read the script once: check every line, authorize each voice once; tasks/render/plan.py)
       -> job lease (one writing run per job) -> this run's work list (anti-join with the index)
-      -> render on a Ray Data actor pool (tasks/render.py)
+      -> render on a Ray Data actor pool (tasks/render/pipeline.py)
       -> compact the index, remove orphaned tars -> job record + summary artifact
 
 Rerunning the same script as the same principal resumes the same job (or pass `job_id`): finished
@@ -21,20 +21,21 @@ from prefect import task as prefect_task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from voicefleet.tasks import audit
-from voicefleet.tasks.job_index import compact, job_totals, remove_orphans
-from voicefleet.tasks.job_lease import JobLease
-from voicefleet.tasks.job_report import write_report
-from voicefleet.tasks.line_checks import DEFAULT_MAX_CHARS, LineLimits
-from voicefleet.tasks.line_qc import QCConfig
-from voicefleet.tasks.postprocess import PostConfig
-from voicefleet.tasks.render import RenderCounts, RenderSettings, render_lines
-from voicefleet.tasks.render_plan import Plan, plan_script, todo_prefix, write_todo
-from voicefleet.tasks.runtime import Resources, check_store_for_cluster, ensure_ray
-from voicefleet.tasks.shards import index_glob, job_prefix
-from voicefleet.tasks.principal import resolve_principal
-from voicefleet.tasks.registry import check_principal
-from voicefleet.tasks.storage import Store, safe_id
+from voicefleet.tasks.cluster.runtime import Resources, check_store_for_cluster, ensure_ray
+from voicefleet.tasks.render.job_index import compact, job_totals, remove_orphans
+from voicefleet.tasks.render.job_lease import JobLease
+from voicefleet.tasks.render.job_paths import index_glob, job_prefix
+from voicefleet.tasks.render.job_report import write_report
+from voicefleet.tasks.render.line_checks import DEFAULT_MAX_CHARS, LineLimits
+from voicefleet.tasks.render.line_qc import QCConfig
+from voicefleet.tasks.render.pipeline import RenderCounts, RenderSettings, render_lines
+from voicefleet.tasks.render.plan import Plan, plan_script, todo_prefix, write_todo
+from voicefleet.tasks.render.postprocess import PostConfig
+from voicefleet.tasks.safety import audit
+from voicefleet.tasks.safety.access import check_principal
+from voicefleet.tasks.safety.principal import resolve_principal
+from voicefleet.tasks.store.ids import safe_id
+from voicefleet.tasks.store.storage import Store
 
 from .progress import report
 
@@ -99,7 +100,7 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
                   local: bool = False) -> dict:
     """Render every line of `script` with its voice, as `principal`, into `renders/<job_id>/`.
 
-    `principal` is a signed principal token (tasks/principal.py), verified here; a plain name is
+    `principal` is a signed principal token (tasks/safety/principal.py), verified here; a plain name is
     accepted only with `local=True` (or VOICEFLEET_LOCAL_MODE=1).
     `plan`: the result of `make_plan` when the caller already read the script (the CLI does).
     `precision`: fp32 | bf16 | fp16 | int8 (None: bf16 on a GPU, fp32 on CPU).

@@ -26,9 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from .decode_step import StepWeights
+from .kv_cache import KVCache
 from .sampler import RowParams, SamplingParams, sample
 
 LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def pad_1d(seqs: list[torch.Tensor], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = seqs[0].new_full((len(seqs), max(int(lens.max()), 1)), value)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out, lens
 
 
 @dataclass
@@ -216,8 +225,6 @@ class DecodeEngine:
     @torch.no_grad()
     def _admit(self, st: _State, slots: list[int], jobs: list[DecodeJob]) -> None:
         """Prefill the jobs together and pack each one's [text | prompt] keys/values into its slot."""
-        from .gpt import KVCache, pad_1d
-
         m, dev = self.model, self.device
         n = len(jobs)
         x, x_lens = pad_1d([j.phones.to(dev).long() for j in jobs])

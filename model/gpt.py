@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
+from .engine import DecodeEngine, DecodeJob
+from .kv_cache import KVCache
 from .sampler import RowParams, SamplingParams, sample
 
-__all__ = ["GenerationResult", "KVCache", "SamplingParams", "Text2SemanticDecoder", "pad_1d"]
+__all__ = ["GenerationResult", "SamplingParams", "Text2SemanticDecoder"]
 
 
 def sine_table(length: int, dim: int) -> torch.Tensor:
@@ -69,40 +71,6 @@ class SinePositionalEmbedding(nn.Module):
         else:
             pe = self.table(int(positions.max()) + 1)[positions]
         return self.dropout(x + self.alpha * pe.to(x.dtype))
-
-
-class KVCache:
-    """Per-layer key/value buffers (B, H, capacity, D) that grow in chunks as tokens are added."""
-
-    def __init__(self, n_layer: int, chunk: int = 256):
-        self.k: list[torch.Tensor | None] = [None] * n_layer
-        self.v: list[torch.Tensor | None] = [None] * n_layer
-        self.length = 0  # filled positions, the same for every layer after a full forward
-        self.chunk = chunk
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        buf_k, buf_v = self.k[layer], self.v[layer]
-        if buf_k is None or buf_k.shape[2] < end:
-            cap = end + self.chunk
-            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-            if buf_k is not None:
-                new_k[:, :, :start] = buf_k[:, :, :start]
-                new_v[:, :, :start] = buf_v[:, :, :start]
-            buf_k, buf_v = new_k, new_v
-            self.k[layer], self.v[layer] = buf_k, buf_v
-        buf_k[:, :, start:end] = k
-        buf_v[:, :, start:end] = v
-        return buf_k[:, :, :end], buf_v[:, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop batch rows that finished decoding."""
-        self.k = [None if t is None else t[rows] for t in self.k]
-        self.v = [None if t is None else t[rows] for t in self.v]
 
 
 class SelfAttention(nn.Module):
@@ -174,14 +142,6 @@ class GenerationResult:
     finished: list[bool]  # True: ended with EOS; False: stopped by the length guard
     steps: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def pad_1d(seqs: list[torch.Tensor], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = seqs[0].new_full((len(seqs), max(int(lens.max()), 1)), value)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out, lens
 
 
 class Text2SemanticDecoder(nn.Module):
@@ -275,8 +235,6 @@ class Text2SemanticDecoder(nn.Module):
         (static KV cache, continuous batching, CUDA graphs on CUDA); without it every step re-runs
         the whole sequence (the slow reference path, kept to check the engine against).
         """
-        from .engine import DecodeEngine, DecodeJob
-
         B = len(phones)
         plist = params if isinstance(params, list) else [params or SamplingParams()] * B
         seeds = list(seeds or [0] * B)

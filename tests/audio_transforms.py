@@ -12,7 +12,7 @@ from collections.abc import Callable
 import av
 import numpy as np
 
-from voicefleet.tasks.audio import load_audio, resample
+from voicefleet.tasks.measure.audio import load_audio, resample
 
 Transform = Callable[[np.ndarray, int], tuple[np.ndarray, int]]
 

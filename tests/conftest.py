@@ -4,7 +4,7 @@
   and puts dummy credentials and the endpoint into `os.environ` for the rest of the session,
   so anything started later (Ray workers, Prefect, subprocesses) inherits them. Request it
   before `ray.init`: local workers inherit the environment (credentials never go through
-  `runtime_env`, see tasks/runtime.py).
+  `runtime_env`, see tasks/cluster/runtime.py).
 - `store` (function, parametrized "local" / "s3"): a fresh `Store` per test, a tmp folder or
   `s3://<bucket>/<unique prefix>`. A test that takes `store` runs once on each.
 - `local_store` / `s3_store`: one of the two, for tests that need a specific backend.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.store.storage import Store
 
 S3_BUCKET = "voicefleet-test"
 # Prefect's ephemeral API server needs more than its default 20 s to start on a busy 2-core machine;

@@ -1,4 +1,4 @@
-"""Real enrollment uploads for the ingest tests, spoken by pip-shipped voices (tasks/demo_data.py).
+"""Real enrollment uploads for the ingest tests, spoken by pip-shipped voices (flows/demo/).
 
 Every bad kind of upload a person makes is built from the same clean speech, so a rejection can
 only come from what was done to it: noise at a measured SNR, clipping, a second voice, a music
@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from voicefleet.tasks.audio import resample
-from voicefleet.tasks.consent import Consent, ConsentScope
-from voicefleet.tasks.demo_data import _EN_ENROLL, DEMO_VOICES, _consent_phrase, _engine
+from voicefleet.flows.demo.enrollment import EN_ENROLL, consent_phrase
+from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+from voicefleet.tasks.measure.audio import resample
+from voicefleet.tasks.safety.consent import Consent, ConsentScope
 
 RATE = 24000
-SENTENCES = _EN_ENROLL[:6]  # "The morning bus was late again, ...", six demo lines
+SENTENCES = EN_ENROLL[:6]  # "The morning bus was late again, ...", six demo lines
 
 
 def speak(voice_key: str, text: str) -> np.ndarray:
     """(T,) float32 at 24 kHz, peak -6 dBFS."""
     voice = next(v for v in DEMO_VOICES if v.key == voice_key)
-    engine = _engine(voice.engine)
+    engine = load_engine(voice.engine)
     x = resample(engine.speak(voice, text, None, "en", 1.0), engine.sample_rate, RATE)
     return (x * 0.5 / max(float(np.abs(x).max()), 1e-9)).astype(np.float32)
 
@@ -76,7 +77,7 @@ def encode(x: np.ndarray, rate: int, fmt: str) -> bytes:
 
 # as long as the demo's phrase (~5 s): a 2-3 s clip puts the same speaker's similarity at the
 # threshold (0.88-0.90 measured for joe), a 5 s one at 0.94-0.96
-CONSENT_PHRASE = _consent_phrase(next(v for v in DEMO_VOICES if v.key == "joe"), "en")[0]
+CONSENT_PHRASE = consent_phrase(next(v for v in DEMO_VOICES if v.key == "joe"), "en")[0]
 
 
 def write_speaker(root: Path, folder: str, files: dict[str, bytes], transcripts: list[dict] | None = None,

@@ -12,9 +12,12 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from voicefleet.tasks.audio import read_audio
-from voicefleet.tasks.shards import STATUSES, fetch_audio, job_prefix, read_index, sha256_hex
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.measure.audio import read_audio
+from voicefleet.tasks.render.index_read import fetch_audio, read_index
+from voicefleet.tasks.render.index_schema import STATUSES
+from voicefleet.tasks.render.job_paths import job_prefix
+from voicefleet.tasks.render.shards import sha256_hex
+from voicefleet.tasks.store.storage import Store
 
 
 def assert_render_complete(

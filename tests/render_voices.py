@@ -15,10 +15,10 @@ import torch
 
 from voicefleet.model.checkpoint import save_gpt, save_sovits
 from voicefleet.model.synthesizer import prompt_tokens
-from voicefleet.tasks.audio import encode_wav
-from voicefleet.tasks.base_model import tiny_base
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.measure.audio import encode_wav
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.voices.base_model import tiny_base
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 
 def _bytes(save, model) -> bytes:

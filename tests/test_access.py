@@ -7,9 +7,16 @@ import pytest
 from typer.testing import CliRunner
 
 from voicefleet.flows.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, app
-from voicefleet.tasks.principal import InvalidToken, LocalModeRequired, mint_token, resolve_principal, verify_token
-from voicefleet.tasks.registry import ConsentWithdrawn, NewVersion, VoiceRegistry
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.safety.principal import (
+    InvalidToken,
+    LocalModeRequired,
+    mint_token,
+    resolve_principal,
+    verify_token,
+)
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.voices.records import NewVersion
+from voicefleet.tasks.voices.registry import ConsentWithdrawn, VoiceRegistry
 
 OWNER = "user:ada@example.com"
 BOB = "user:bob@example.com"
@@ -37,7 +44,7 @@ def ready_voice(store: Store, voice: str = "ada", sharing="public", expires: dat
 
 def flow_decisions(store: Store, principal: str) -> dict:
     """The render plan's own authorization step (what `render_script` decides per voice: no Ray)."""
-    from voicefleet.tasks.render_plan import VoiceAuthorizer
+    from voicefleet.tasks.render.plan import VoiceAuthorizer
 
     return {"ada": VoiceAuthorizer(store, principal)("ada")}
 
@@ -145,7 +152,7 @@ def test_principal_token_command_mints_a_verifiable_token(key) -> None:
 def test_workers_get_no_secrets_through_ray(monkeypatch) -> None:
     import ray
 
-    from voicefleet.tasks import runtime
+    from voicefleet.tasks.cluster import runtime
 
     for name, value in {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "t",
                         "AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL_S3": "http://minio:9000",

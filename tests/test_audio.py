@@ -1,4 +1,4 @@
-"""tasks/audio.py: decode every format, downmix, resample, measure, encode, and fail with the file's name."""
+"""tasks/measure/audio.py: decode every format, downmix, resample, measure, encode, and fail with the file's name."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicefleet.tasks.audio import (
+from voicefleet.tasks.measure.audio import (
     AudioDecodeError,
     duration_s,
     encode_flac,

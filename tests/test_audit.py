@@ -5,12 +5,12 @@ import json
 import threading
 
 import pytest
+from test_access import BOB, OWNER, ready_voice
 from typer.testing import CliRunner
 
-from test_access import BOB, OWNER, ready_voice
 from voicefleet.flows.cli import EXIT_PARTIAL, app
-from voicefleet.tasks import audit
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.safety import audit
+from voicefleet.tasks.store.storage import Store
 
 runner = CliRunner()
 

@@ -121,8 +121,9 @@ def test_plain_principal_needs_local_mode(tmp_path, monkeypatch):
 
 
 def test_forged_principal_token_is_refused(tmp_path, monkeypatch):
-    from voicefleet.tasks.principal import mint_token
     import datetime as dt
+
+    from voicefleet.tasks.safety.principal import mint_token
 
     monkeypatch.setenv("VOICEFLEET_PRINCIPAL_KEY", "k" * 40)
     token = mint_token("user:a", dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))

@@ -1,4 +1,4 @@
-"""tasks/consent.py: a valid record loads; every way it can fail names the reason a person can fix."""
+"""tasks/safety/consent.py: a valid record loads; every way it can fail names the reason a person can fix."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from voicefleet.tasks.audio import encode_wav
-from voicefleet.tasks.consent import (
+from voicefleet.tasks.measure.audio import encode_wav
+from voicefleet.tasks.safety.consent import (
     ClipVerdict,
     Consent,
     ConsentError,

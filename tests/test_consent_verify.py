@@ -7,16 +7,22 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from voicefleet.tasks.audio import resample, write_audio
-from voicefleet.tasks.consent import ClipVerdict, Consent, ConsentScope
-from voicefleet.tasks.consent_verify import MAX_PHRASE_CER, MIN_SPEAKER_SIMILARITY, check_consent_clip, phrase_match
-from voicefleet.tasks.demo_data import DEMO_VOICES, _consent_phrase, _engine
-from voicefleet.tasks.ingest import QCConfig, RejectedSpeaker, ingest_speaker
-from voicefleet.tasks.storage import Store
+from voicefleet.flows.demo.enrollment import consent_phrase
+from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+from voicefleet.tasks.enroll.ingest import QCConfig, RejectedSpeaker, ingest_speaker
+from voicefleet.tasks.measure.audio import resample, write_audio
+from voicefleet.tasks.safety.consent import ClipVerdict, Consent, ConsentScope
+from voicefleet.tasks.safety.consent_verify import (
+    MAX_PHRASE_CER,
+    MIN_SPEAKER_SIMILARITY,
+    check_consent_clip,
+    phrase_match,
+)
+from voicefleet.tasks.store.storage import Store
 
 SR = 32000
 JOE, ALPHA = DEMO_VOICES[0], DEMO_VOICES[1]
-PHRASE = _consent_phrase(JOE, "en")[0]  # the demo's phrase for joe (Joe Carter)
+PHRASE = consent_phrase(JOE, "en")[0]  # the demo's phrase for joe (Joe Carter)
 # a wrong sentence as long as the phrase: at 2-3 s the same speaker's similarity sits at the
 # threshold (0.88-0.90 measured), at ~5 s it is 0.94-0.95
 WRONG = "The library on Maple Street will be closed for repairs next week, so please return your books early."
@@ -26,7 +32,7 @@ TAKES = ("The morning bus was late again, so I walked to work.",
 
 
 def speak(voice, text: str) -> np.ndarray:
-    engine = _engine(voice.engine)
+    engine = load_engine(voice.engine)
     audio = engine.speak(voice, text, None, "en", 1.0)
     pad = np.zeros(int(0.3 * engine.sample_rate), np.float32)
     return resample(np.concatenate([pad, audio, pad]) * 0.5, engine.sample_rate, SR).astype(np.float32)

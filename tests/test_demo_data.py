@@ -1,4 +1,4 @@
-"""tasks/demo_data.py: an enrollment set of distinct real voices that the pipeline's own readers accept."""
+"""flows/demo/: an enrollment set of distinct real voices that the pipeline's own readers accept."""
 
 from __future__ import annotations
 
@@ -8,20 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from voicefleet.tasks.audio import load_audio, peak_dbfs, probe_audio
-from voicefleet.tasks.consent import load_consent, verify_consent_clip
-from voicefleet.tasks import demo_data
-from voicefleet.tasks.demo_data import (
+from voicefleet.flows.demo import enrollment as demo_enrollment
+from voicefleet.flows.demo.enrollment import MAX_CLIP_S, MIN_CLIP_S, build_demo_enrollment
+from voicefleet.flows.demo.script import build_demo_script
+from voicefleet.flows.demo.voices import (
     DEMO_VOICES,
-    MAX_CLIP_S,
-    MIN_CLIP_S,
-    build_demo_enrollment,
-    build_demo_script,
     demo_speakers,
     english_phonemes,
     kana_g2p,
     kokoro_vocab,
 )
+from voicefleet.tasks.measure.audio import load_audio, peak_dbfs, probe_audio
+from voicefleet.tasks.safety.consent import load_consent, verify_consent_clip
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +90,11 @@ def test_japanese_speaker_has_japanese_transcripts(tmp_path: Path) -> None:
 def test_every_demo_line_maps_onto_kokoro_symbols() -> None:
     """No phoneme of any English or Japanese line (consent phrases included) is silently dropped."""
     vocab, g2p = kokoro_vocab(), kana_g2p()
-    english = [*demo_data._EN_ENROLL, *(demo_data._consent_phrase(v, "en")[0] for v in DEMO_VOICES)]
+    english = [*demo_enrollment.EN_ENROLL, *(demo_enrollment.consent_phrase(v, "en")[0] for v in DEMO_VOICES)]
     for text in english:
         assert set(english_phonemes(text)) <= set(vocab), text
-    readings = [r for _, r in demo_data._JA_ENROLL]
-    readings += [demo_data._consent_phrase(v, "ja")[1] for v in DEMO_VOICES if "ja" in v.languages]
+    readings = [r for _, r in demo_enrollment.JA_ENROLL]
+    readings += [demo_enrollment.consent_phrase(v, "ja")[1] for v in DEMO_VOICES if "ja" in v.languages]
     for reading in readings:
         assert re.fullmatch(r"[\u30a0-\u30ff\u3040-\u309f 、。？！]+", reading), reading  # kana only
         assert set(g2p(reading)) <= set(vocab), reading

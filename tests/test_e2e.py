@@ -1,7 +1,7 @@
 """End to end on real Ray, Prefect and object storage: enroll -> render, on a local folder and on
 the S3 server; a render killed midway (SIGKILL of the process) and resumed.
 
-Voices come from pip-shipped TTS packages (tasks/demo_data.py); models are the tiny config.
+Voices come from pip-shipped TTS packages (flows/demo/); models are the tiny config.
 """
 from __future__ import annotations
 
@@ -22,14 +22,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-
 from render_checks import assert_render_complete
-from voicefleet.tasks.demo_data import build_demo_enrollment, build_demo_script
-from voicefleet.tasks.finetune import Recipe
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.speech_checks import QCConfig
-from voicefleet.tasks.shards import index_glob, job_prefix, read_index
-from voicefleet.tasks.storage import Store
+
+from voicefleet.flows.demo.enrollment import build_demo_enrollment
+from voicefleet.flows.demo.script import build_demo_script
+from voicefleet.tasks.enroll.speech_checks import QCConfig
+from voicefleet.tasks.render.index_read import read_index
+from voicefleet.tasks.render.job_paths import index_glob, job_prefix
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.train.finetune import Recipe
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 pytestmark = pytest.mark.slow
 DEMO_QC = QCConfig.demo().model_dump(exclude_defaults=True)  # six short takes per voice: the demo's own minimum
@@ -42,7 +44,7 @@ def ray_cluster(s3_server):
     """One local Ray cluster for the session, started after the S3 env is set (workers inherit it)."""
     import ray
 
-    from voicefleet.tasks.runtime import ensure_ray
+    from voicefleet.tasks.cluster.runtime import ensure_ray
 
     os.environ["VOICEFLEET_DASHBOARD"] = "0"
     ensure_ray(num_cpus=2)
@@ -229,8 +231,8 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     model, so QC "auto" reports only (their audio fails every check), and "enforce" retries with new
     seeds and then fails the line with its reasons."""
     from voicefleet.flows.render import render_script
-    from voicefleet.tasks.line_qc import retry_seed
-    from voicefleet.tasks.render_plan import line_seed
+    from voicefleet.tasks.render.line_qc import retry_seed
+    from voicefleet.tasks.render.plan import line_seed
 
     store, summary = enrolled["local"]
     voices = sorted(r["speaker"] for r in summary["speakers"] if r["status"] == "accepted")

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from voicefleet.flows.demo.enrollment import EN_ENROLL
+from voicefleet.flows.demo.training_rows import demo_rows
 from voicefleet.model.lora import apply_lora, clone
-from voicefleet.tasks.base_model import tiny_base
-from voicefleet.tasks.demo_data import _EN_ENROLL
-from voicefleet.tasks.enroll import make_frontend
-from voicefleet.tasks.evaluate import Gate
-from voicefleet.tasks.finetune import Recipe, TrainingFailed, finetune
-from voicefleet.tasks.train_rows import demo_rows
+from voicefleet.tasks.enroll.prepare import make_frontend
+from voicefleet.tasks.train.evaluate import Gate
+from voicefleet.tasks.train.finetune import Recipe, TrainingFailed, finetune
+from voicefleet.tasks.voices.base_model import tiny_base
 
 RECIPE = Recipe(sovits_epochs=1, gpt_epochs=4, batch_size=4, sovits_lr=5e-4, gpt_lr=2e-3, min_items_per_epoch=8)
 
@@ -28,7 +28,7 @@ def base():
 @pytest.fixture(scope="module")
 def rows(base):
     torch.set_num_threads(1)  # two OpenMP threads stall each other on a busy 2-core machine
-    return demo_rows("joe", list(_EN_ENROLL[:4]), base, make_frontend())
+    return demo_rows("joe", list(EN_ENROLL[:4]), base, make_frontend())
 
 
 class MemoryCheckpoint:

@@ -19,15 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from voicefleet.tasks.base_store import publish_base
-from voicefleet.tasks.demo_data import build_demo_enrollment, build_demo_script
-from voicefleet.tasks.enroll import prepare_speaker, run_on_ray
-from voicefleet.tasks.finetune import Recipe
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.runtime import Resources
-from voicefleet.tasks.storage import Store
-from voicefleet.tasks.train_checkpoint import state_key
-from voicefleet.tasks.train_scheduler import train_voices
+from voicefleet.flows.demo.enrollment import build_demo_enrollment
+from voicefleet.flows.demo.script import build_demo_script
+from voicefleet.tasks.cluster.runtime import Resources
+from voicefleet.tasks.enroll.prepare import prepare_speaker, run_on_ray
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.train.checkpoint import state_key
+from voicefleet.tasks.train.finetune import Recipe
+from voicefleet.tasks.train.scheduler import train_voices
+from voicefleet.tasks.voices.base_store import publish_base
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
@@ -40,7 +41,7 @@ HALF_CPU = Resources(num_cpus=0.5)
 def ray_local(s3_server):
     import ray
 
-    from voicefleet.tasks.runtime import ensure_ray
+    from voicefleet.tasks.cluster.runtime import ensure_ray
 
     started = not ray.is_initialized()
     os.environ["VOICEFLEET_DASHBOARD"] = "0"
@@ -190,9 +191,9 @@ def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(pr
 
 def test_lora_voice_renders_through_the_render_path(prepared, resumed):
     from voicefleet.flows.enroll import register
-    from voicefleet.tasks.render import RenderSettings, render_lines
-    from voicefleet.tasks.render_plan import plan_script, write_todo
-    from voicefleet.tasks.shards import read_index
+    from voicefleet.tasks.render.index_read import read_index
+    from voicefleet.tasks.render.pipeline import RenderSettings, render_lines
+    from voicefleet.tasks.render.plan import plan_script, write_todo
 
     store, _, _ = prepared
     lora = resumed[0]

@@ -9,16 +9,24 @@ import shutil
 
 import numpy as np
 import pytest
+from ingest_audio import RATE, SENTENCES, add_noise, encode, join, music_bed, pause, speak, write_speaker
 
-from ingest_audio import (RATE, SENTENCES, add_noise, encode, join, music_bed, pause, speak, write_speaker)
-from voicefleet.tasks.asr import wer
-from voicefleet.tasks.audio import AudioDecodeError, resample
-from voicefleet.tasks.decode import DECODE_CALLS, decode_upload
-from voicefleet.tasks.ingest import QCConfig, RejectedSpeaker, Utterance, choose_reference, discover_speakers, ingest_speaker
-from voicefleet.tasks.speech_checks import snr_db
-from voicefleet.tasks.storage import InvalidId, Store
-from voicefleet.tasks.vad import VAD_RATE, speech_probs, speech_segments
-from voicefleet.tasks.voice_ids import assign_voice_ids, voice_id_for
+from voicefleet.tasks.enroll.decode import DECODE_CALLS, decode_upload
+from voicefleet.tasks.enroll.ingest import (
+    QCConfig,
+    RejectedSpeaker,
+    Utterance,
+    choose_reference,
+    discover_speakers,
+    ingest_speaker,
+)
+from voicefleet.tasks.enroll.speech_checks import snr_db
+from voicefleet.tasks.enroll.vad import VAD_RATE, speech_probs, speech_segments
+from voicefleet.tasks.enroll.voice_ids import assign_voice_ids, voice_id_for
+from voicefleet.tasks.measure.asr import wer
+from voicefleet.tasks.measure.audio import AudioDecodeError, resample
+from voicefleet.tasks.store.ids import InvalidId
+from voicefleet.tasks.store.storage import Store
 
 QC = QCConfig(min_speech_s=4.0, recommended_speech_s=4.0)  # short test uploads; the default (30 s) is tested below
 
@@ -206,8 +214,8 @@ def test_reference_clip_is_joined_from_short_utterances():
 
 def test_unchanged_upload_is_one_listing_and_one_hash(voices, clean_take, tmp_path):
     """prepare_speaker on the same bytes decodes nothing; a new base model or recipe is a new fingerprint."""
-    from voicefleet.tasks.enroll import prepare_speaker
-    from voicefleet.tasks.upload_fingerprint import model_identity
+    from voicefleet.tasks.enroll.prepare import prepare_speaker
+    from voicefleet.tasks.enroll.upload_fingerprint import model_identity
 
     src = tmp_path / "src"
     write_speaker(src, "Ana María", {"take1.wav": encode(join(voices["joe"][:2]), RATE, "WAV")},
@@ -225,7 +233,7 @@ def test_unchanged_upload_is_one_listing_and_one_hash(voices, clean_take, tmp_pa
     pretrained.mkdir()
     (pretrained / "s1.ckpt").write_bytes(b"weights")
     other_base = model_identity(f"pretrained:{pretrained}", {"epochs": 1}, qc)
-    from voicefleet.tasks.upload_fingerprint import upload_fingerprint
+    from voicefleet.tasks.enroll.upload_fingerprint import upload_fingerprint
 
     prints = {upload_fingerprint(Store(str(src)), "Ana María", i)[0] for i in (identity, other_recipe, other_base)}
     assert len(prints) == 3 and first.source_hash in prints

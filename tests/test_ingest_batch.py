@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from ingest_audio import RATE, SENTENCES, add_noise, encode, join, resample, speak, write_speaker
-from voicefleet.tasks.finetune import Recipe
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.speech_checks import QCConfig
-from voicefleet.tasks.storage import Store
+
+from voicefleet.tasks.enroll.speech_checks import QCConfig
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.train.finetune import Recipe
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 pytestmark = pytest.mark.slow
 QC = QCConfig(min_speech_s=4.0, recommended_speech_s=4.0).model_dump(exclude_defaults=True)
@@ -22,7 +22,7 @@ QC = QCConfig(min_speech_s=4.0, recommended_speech_s=4.0).model_dump(exclude_def
 @pytest.fixture(scope="module")
 def batch(request, tmp_path_factory, s3_server):
     """Ray is started after the S3 server's env is set (as tests/test_e2e.py does): workers inherit it."""
-    from voicefleet.tasks.runtime import ensure_ray
+    from voicefleet.tasks.cluster.runtime import ensure_ray
 
     cache = request.config.cache.mkdir("voicefleet-ingest-voices")
     joe = []

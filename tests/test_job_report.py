@@ -10,9 +10,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from voicefleet.tasks.job_report import NoSuchJob, report_key, write_report
-from voicefleet.tasks.shards import job_prefix, write_shard
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.render.job_paths import job_prefix
+from voicefleet.tasks.render.job_report import NoSuchJob, report_key, write_report
+from voicefleet.tasks.render.shards import write_shard
+from voicefleet.tasks.store.storage import Store
 
 JOB = "report-test"
 TEXTS = ["The morning bus was late again, so I walked to work.", "Please put the green folder on the top shelf.",
@@ -24,12 +25,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def job_store(tmp_path_factory):
     """A job of 6 ok lines (piper speech, post-processed), one failed and one refused, in a local store."""
-    from voicefleet.tasks.audio import encode_flac
-    from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
-    from voicefleet.tasks.postprocess import PostConfig, postprocess
+    from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+    from voicefleet.tasks.measure.audio import encode_flac
+    from voicefleet.tasks.render.postprocess import PostConfig, postprocess
 
     store = Store(str(tmp_path_factory.mktemp("store")))
-    engine = _engine("piper")
+    engine = load_engine("piper")
     items = []
     for i, text in enumerate(TEXTS):
         p = postprocess(engine.speak(DEMO_VOICES[0], text, None, "en", 1.0), engine.sample_rate, PostConfig())

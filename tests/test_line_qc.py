@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from voicefleet.model.synthesizer import LineAudio, LineRequest, LineSettings, SynthesisError
-from voicefleet.tasks.checked_lines import QUALITY_COLUMNS, render_checked
-from voicefleet.tasks.line_qc import LineQC, QCConfig, QCConfigError, retry_seed
-from voicefleet.tasks.postprocess import PostConfig, loudness_lufs
+from voicefleet.tasks.render.checked_lines import QUALITY_COLUMNS, render_checked
+from voicefleet.tasks.render.line_qc import LineQC, QCConfig, QCConfigError, retry_seed
+from voicefleet.tasks.render.postprocess import PostConfig, loudness_lufs
 
 JOE_TEXT = "The morning bus was late again, so I walked to work."
 OTHER_TEXT = "Fresh bread smells wonderful on a rainy afternoon."
@@ -18,13 +18,13 @@ SR = 22050
 
 @pytest.fixture(scope="module")
 def voices():
-    from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
+    from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
 
-    return {"joe": (_engine("piper"), DEMO_VOICES[0]), "alpha": (_engine("kokoro"), DEMO_VOICES[1])}
+    return {"joe": (load_engine("piper"), DEMO_VOICES[0]), "alpha": (load_engine("kokoro"), DEMO_VOICES[1])}
 
 
 def speak(voices, who: str, text: str, speed: float = 1.0) -> np.ndarray:
-    from voicefleet.tasks.audio import resample
+    from voicefleet.tasks.measure.audio import resample
 
     engine, voice = voices[who]
     return resample(engine.speak(voice, text, None, "en", speed), engine.sample_rate, SR)
@@ -102,7 +102,7 @@ def test_off_mode_measures_nothing_but_still_postprocesses(voices, qc):
 
 
 def test_no_asr_for_the_language_is_recorded_as_not_measured_never_guessed(voices, qc):
-    from voicefleet.tasks.postprocess import postprocess
+    from voicefleet.tasks.render.postprocess import postprocess
 
     wav = speak(voices, "joe", JOE_TEXT)
     result = qc.check("joe", "你好，世界。", "zh", wav, SR, False, postprocess(wav, SR, PostConfig()))
@@ -112,7 +112,7 @@ def test_no_asr_for_the_language_is_recorded_as_not_measured_never_guessed(voice
 
 
 def test_clipping_and_silence_are_caught(voices, qc):
-    from voicefleet.tasks.postprocess import postprocess
+    from voicefleet.tasks.render.postprocess import postprocess
 
     wav = speak(voices, "joe", JOE_TEXT)
     hot = np.clip(wav * 20, -1, 1)

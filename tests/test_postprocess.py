@@ -4,9 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicefleet.tasks.postprocess import (
-    SPEED_RANGE, PostConfig, loudness_lufs, postprocess, speech_bounds, speed_for_target, trim_silence,
-    true_peak_dbtp)
+from voicefleet.tasks.render.postprocess import (
+    SPEED_RANGE,
+    PostConfig,
+    loudness_lufs,
+    postprocess,
+    speech_bounds,
+    speed_for_target,
+    trim_silence,
+    true_peak_dbtp,
+)
 
 TEXTS = ["The morning bus was late again, so I walked to work.",
          "Could you tell me where the nearest pharmacy is?",
@@ -15,9 +22,9 @@ TEXTS = ["The morning bus was late again, so I walked to work.",
 
 @pytest.fixture(scope="module")
 def speech():
-    from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
+    from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
 
-    engine = _engine("piper")
+    engine = load_engine("piper")
     return [(engine.speak(DEMO_VOICES[0], t, None, "en", 1.0), engine.sample_rate) for t in TEXTS]
 
 

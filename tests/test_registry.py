@@ -8,21 +8,19 @@ from typing import Any
 
 import pytest
 
-from voicefleet.tasks.registry import (
+from voicefleet.tasks.safety.access import InvalidPrincipal, email_domain
+from voicefleet.tasks.store.ids import InvalidId
+from voicefleet.tasks.store.storage import Store, UnsafeStore
+from voicefleet.tasks.voices.records import NewVersion, VersionRecord
+from voicefleet.tasks.voices.registry import (
     InvalidGrant,
-    InvalidPrincipal,
     InvalidStatus,
     MissingVersionFile,
-    NewVersion,
     OwnerMismatch,
     UnknownVersion,
     UnknownVoice,
-    UnsafeStore,
-    VersionRecord,
     VoiceRegistry,
-    email_domain,
 )
-from voicefleet.tasks.storage import InvalidId, Store
 
 OWNER = "user:alice@example.com"
 BOB = "user:bob@example.com"

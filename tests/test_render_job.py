@@ -9,13 +9,14 @@ import subprocess
 import sys
 
 import pytest
-
 from render_checks import assert_render_complete
 from render_voices import register_tiny_voices
-from voicefleet.tasks.job_lease import JobLease
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.shards import job_prefix, read_index
-from voicefleet.tasks.storage import Store
+
+from voicefleet.tasks.render.index_read import read_index
+from voicefleet.tasks.render.job_lease import JobLease
+from voicefleet.tasks.render.job_paths import job_prefix
+from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
@@ -52,7 +53,7 @@ COLUMNS = ["line_id", "voice_id", "text", "language", "speed", "seed", "top_k", 
 
 @pytest.fixture(scope="module")
 def ray_address(s3_server):
-    from voicefleet.tasks.runtime import ensure_ray
+    from voicefleet.tasks.cluster.runtime import ensure_ray
 
     os.environ["VOICEFLEET_DASHBOARD"] = "0"
     ensure_ray(num_cpus=2)

@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-
 from render_checks import assert_render_complete
 from render_voices import register_tiny_voices
-from voicefleet.tasks.storage import Store
+
+from voicefleet.tasks.store.storage import Store
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"

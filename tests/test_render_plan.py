@@ -11,17 +11,19 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from render_checks import assert_render_complete
-from voicefleet.tasks.audio import encode_flac
-from voicefleet.tasks.fault_isolation import is_transient, synthesize_isolated, with_backoff
-from voicefleet.tasks.job_index import compact, job_totals, remove_orphans, worst_lines
-from voicefleet.tasks.job_lease import JobLease, JobLeaseHeld
-from voicefleet.tasks.line_checks import LANGUAGES, LineLimits, check_line
-from voicefleet.tasks.render_plan import plan_script, todo_prefix, write_todo
-from voicefleet.tasks.script import ScriptError
-from voicefleet.tasks.shards import job_prefix, read_index, shard_key, write_shard
-from voicefleet.tasks.storage import Store
+
+from voicefleet.tasks.measure.audio import encode_flac
+from voicefleet.tasks.render.fault_isolation import is_transient, synthesize_isolated, with_backoff
+from voicefleet.tasks.render.index_read import read_index
+from voicefleet.tasks.render.job_index import compact, job_totals, remove_orphans, worst_lines
+from voicefleet.tasks.render.job_lease import JobLease, JobLeaseHeld
+from voicefleet.tasks.render.job_paths import job_prefix, shard_key
+from voicefleet.tasks.render.line_checks import LANGUAGES, LineLimits, check_line
+from voicefleet.tasks.render.plan import plan_script, todo_prefix, write_todo
+from voicefleet.tasks.render.script import ScriptError
+from voicefleet.tasks.render.shards import write_shard
+from voicefleet.tasks.store.storage import Store
 
 GOOD = {"voice_id": "ann", "text": "Hello there.", "language": "en"}
 
@@ -164,7 +166,7 @@ def test_work_list_is_an_anti_join_sorted_by_voice(voices, tmp_path):
 def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypatch):
     """Big scripts are sorted in key ranges (bounded DuckDB sorts): the parts must hold the same
     lines in the same order as one sort, with the index's finished lines left out."""
-    import voicefleet.tasks.render_plan as render_plan
+    import voicefleet.tasks.render.plan as render_plan
 
     store: Store = voices
     rows = [{"line_id": f"l{i:03d}", "voice_id": ["bob", "ann", "ghost"][i % 3], "text": "x" * (5 + 37 * (i % 7)) + ".",
@@ -188,7 +190,7 @@ def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypa
 
 
 def test_a_query_out_of_memory_runs_again_under_the_next_limit(voices, tmp_path, monkeypatch):
-    import voicefleet.tasks.render_plan as render_plan
+    import voicefleet.tasks.render.plan as render_plan
 
     store: Store = voices
     rows = [{"line_id": f"l{i}", "voice_id": "ann", "text": f"Line {i} here.", "language": "en"} for i in range(3000)]
@@ -224,7 +226,7 @@ def test_newest_row_wins_compaction_keeps_it_and_orphans_go(store):
 
 
 def test_a_retried_write_of_the_same_content_replaces_itself(local_store):
-    from voicefleet.tasks.shards import content_name
+    from voicefleet.tasks.render.shards import content_name
 
     items = [(_row("a", "ok"), _flac(1)), (_row("b", "refused"), None)]
     name = content_name(items)
@@ -306,7 +308,7 @@ def test_planning_memory_stays_flat(tmp_path):
 def test_a_local_folder_store_is_refused_on_a_multi_node_cluster(local_store, s3_store, monkeypatch):
     import ray
 
-    from voicefleet.tasks.runtime import LocalStoreOnCluster, check_store_for_cluster
+    from voicefleet.tasks.cluster.runtime import LocalStoreOnCluster, check_store_for_cluster
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
     with pytest.raises(LocalStoreOnCluster, match="is a local folder but the Ray cluster has 2 nodes"):

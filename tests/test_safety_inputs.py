@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from voicefleet.flows.cli import EXIT_BAD_INPUT, app
 from voicefleet.model.checkpoint import CheckpointError, load_gpt, load_sovits
-from voicefleet.tasks.registry import VoiceRegistry
-from voicefleet.tasks.storage import InvalidId, InvalidKey, Store
+from voicefleet.tasks.store.ids import InvalidId
+from voicefleet.tasks.store.storage import InvalidKey, Store
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 TRAVERSALS = ["../etc", "..", "a/b", "/etc/passwd", "s3:x", "voice\x00", "a\\..\\b", ".hidden"]
 

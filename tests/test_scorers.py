@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicefleet.tasks.asr import ASR, NoASRModel, normalize_words, wer
-from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
-from voicefleet.tasks.speaker import SpeakerEmbeddingError, embed, similarity
+from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+from voicefleet.tasks.measure.asr import ASR, NoASRModel, normalize_words, wer
+from voicefleet.tasks.measure.speaker import SpeakerEmbeddingError, embed, similarity
 
 SENTENCE = "Please put the green folder on the top shelf."
 
@@ -26,7 +26,7 @@ def test_asr_refuses_a_language_without_a_model():
 @pytest.fixture(scope="module")
 def speech():
     joe, alpha = DEMO_VOICES[0], DEMO_VOICES[1]
-    piper, kokoro = _engine("piper"), _engine("kokoro")
+    piper, kokoro = load_engine("piper"), load_engine("kokoro")
     other = "The children laughed when the puppy chased its own tail."
     return {"joe_a": (piper.speak(joe, SENTENCE, None, "en", 1.0), piper.sample_rate),
             "joe_b": (piper.speak(joe, other, None, "en", 1.0), piper.sample_rate),

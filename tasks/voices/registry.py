@@ -1,0 +1,443 @@
+"""The voice registry: which voices exist, who owns them, their versions, and who may render.
+
+It lives in the object store next to the data (no server), under two prefixes:
+
+    registry/<voice_id>/rev-0000000007.json   one revision of the voice's record (`VoiceRecord`)
+    voices/<voice_id>/v<N>/version.json        version N of the voice (`VersionRecord`), immutable
+
+**Versions** are written once. `add_version` picks N = 1 + the highest registered version and
+creates `version.json` with an *exclusive create*; if that key already exists (another writer got
+there first, or an earlier run crashed after writing it), it tries N + 1. Then the record is updated
+so that N is listed and current.
+
+**Records** change (status, grants, current version, ...) under optimistic concurrency. Each change
+is a new, complete record written as `rev-<R+1>.json`, where R is the revision it was derived from,
+again with an exclusive create. The newest revision is the record; older ones stay as its history.
+Two writers that both read revision R race for `rev-<R+1>.json`: exactly one create succeeds, the
+other re-reads the record, re-applies its change to the winner's revision and tries `rev-<R+2>.json`
+(with a short random back-off, up to `max_attempts` times, then `RegistryConflict`). No update is
+lost and no lock is ever held, so a crashed writer blocks no one. Reading a record costs one listing
+of `registry/<voice_id>/` plus one read; `list()` costs one listing of `registry/` plus one read
+per voice.
+
+Exclusive create is `Store.create_bytes` (tasks/store/storage.py): a hidden temp file + `os.link` on a
+local folder, a conditional PUT (`If-None-Match: *`) on S3 (probed once per process: a server that
+ignores the header raises `UnsafeStore`), and "check, then write" on any other protocol only with
+`allow_unsafe_writes=True` (single writer).
+
+Authorization (`authorize`) is the rule of tasks/safety/access.py: the speaker's consent (not withdrawn,
+not expired) and its sharing scope bound everything; the owner renders; anyone else needs an
+active grant that the scope admits; and the voice needs a current version. Every refusal says what
+to do about it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from voicefleet.tasks.safety.access import (
+    Decision,
+    OrgResolver,
+    Sharing,
+    check_principal,
+    check_sharing,
+    decide,
+    grant_refusal,
+)
+from voicefleet.tasks.store.ids import safe_id
+from voicefleet.tasks.store.storage import Store
+
+from .records import STATUSES, Grant, NewVersion, Status, VersionRecord, VoiceRecord
+
+__all__ = [
+    "ConsentWithdrawn",
+    "InvalidGrant",
+    "InvalidStatus",
+    "MissingVersionFile",
+    "OwnerMismatch",
+    "RegistryConflict",
+    "RegistryError",
+    "UnknownVersion",
+    "UnknownVoice",
+    "VoiceRegistry",
+    "rollback_target",
+]
+
+REGISTRY_PREFIX = "registry"
+VOICES_PREFIX = "voices"
+
+_REVISION_FILE = re.compile(r"rev-(\d+)\.json")
+_VERSION_DIR = re.compile(r"v(\d+)")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class RegistryError(Exception):
+    """Base class of every registry failure."""
+
+
+class UnknownVoice(RegistryError, KeyError):
+    """No voice with this id is registered."""
+
+    def __init__(self, voice_id: str) -> None:
+        super().__init__(f"unknown voice {voice_id}")
+        self.voice_id = voice_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class UnknownVersion(RegistryError, KeyError):
+    """The voice exists but has no such version (or no current version yet)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidStatus(RegistryError, ValueError):
+    """An unknown status, or "ready" for a voice that has no version."""
+
+
+class OwnerMismatch(RegistryError, ValueError):
+    """`ensure_voice` named a different owner than the registered one."""
+
+
+class InvalidGrant(RegistryError, ValueError):
+    """A grant that would already be expired when written, or that the consent scope does not admit."""
+
+
+class ConsentWithdrawn(RegistryError, ValueError):
+    """The speaker withdrew consent; only a consent granted after the withdrawal re-enrolls the voice."""
+
+
+class MissingVersionFile(RegistryError, FileNotFoundError):
+    """A new version points at a store key that does not exist (or lacks a required file)."""
+
+
+class RegistryConflict(RegistryError, RuntimeError):
+    """Too many concurrent writers on one voice: the update was retried `max_attempts` times."""
+
+
+# -- time -----------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+
+class VoiceRegistry:
+    """Voices, versions and grants, kept in `store`; safe to use from many processes at once.
+
+    Args:
+        store: the object store (the same one the voices' files live in).
+        org_of: maps a principal to its organisation, for voices shared with "org"; without one,
+            "org" sharing admits no one beyond the owner and grants. `email_domain` is one choice.
+        max_attempts: how often a contended update is retried before `RegistryConflict`.
+        allow_unsafe_writes: accept a store without exclusive create (single writer only).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        org_of: OrgResolver | None = None,
+        max_attempts: int = 50,
+        allow_unsafe_writes: bool = False,
+    ) -> None:
+        self.store = store
+        self.org_of = org_of
+        self.max_attempts = max_attempts
+        self.allow_unsafe_writes = allow_unsafe_writes
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, voice_id: str) -> VoiceRecord:
+        """The voice's current record; `UnknownVoice` if it was never registered."""
+        record = self._load(safe_id(voice_id, "voice id"))
+        if record is None:
+            raise UnknownVoice(voice_id)
+        return record
+
+    def list(self) -> list[VoiceRecord]:
+        """Every registered voice, sorted by id (one listing, then one read per voice)."""
+        newest: dict[str, int] = {}
+        for key in self.store.list(REGISTRY_PREFIX):
+            parsed = _parse_record_key(key)
+            if parsed is not None:
+                voice_id, rev = parsed
+                newest[voice_id] = max(rev, newest.get(voice_id, 0))
+        return [self._read_revision(v, newest[v]) for v in sorted(newest)]
+
+    def version(self, voice_id: str, n: int | None = None) -> VersionRecord:
+        """Version `n` of the voice, or its current version when `n` is None."""
+        record = self.get(voice_id)
+        if n is None:
+            if record.current_version is None:
+                raise UnknownVersion(f"voice {voice_id} has no current version (status {record.status})")
+            n = record.current_version
+        if n not in record.versions:
+            raise UnknownVersion(f"voice {voice_id} has no version {n!r} (versions: {_listed(record.versions)})")
+        return VersionRecord.model_validate_json(self.store.read_bytes(_version_key(voice_id, n)))
+
+    def authorize(self, voice_id: str, principal: str, at: datetime | None = None) -> Decision:
+        """May `principal` render with `voice_id` at time `at` (now by default)?
+
+        Never raises for an unknown voice or a refusal: the `Decision` says why. Raises only for
+        malformed input (`InvalidId`, `InvalidPrincipal`, a naive `at`).
+        """
+        principal = check_principal(principal)
+        at = _aware(at or _now(), "at")
+        record = self._load(safe_id(voice_id, "voice id"))
+        if record is None:
+            return Decision(False, f"unknown voice {voice_id}")
+        return decide(record, principal, at, self.org_of)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def ensure_voice(self, voice_id: str, owner: str, sharing: Sharing = "private", *,
+                     consent_granted_at: datetime | None = None,
+                     consent_expires_at: datetime | None = None) -> VoiceRecord:
+        """Register the voice (status "queued") or, if it exists, bring its consent terms up to date.
+
+        Raises `OwnerMismatch` if the voice is registered to another owner, and `ConsentWithdrawn`
+        if the speaker withdrew consent and `consent_granted_at` is not after the withdrawal (a
+        newer consent clears the withdrawal).
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        owner = check_principal(owner)
+        sharing = check_sharing(sharing)
+        terms = {"sharing": sharing, "consent_expires_at": consent_expires_at}
+
+        def change(record: VoiceRecord | None) -> VoiceRecord | None:
+            if record is None:
+                now = _now()
+                return VoiceRecord(voice_id=voice_id, owner=owner, created_at=now, updated_at=now, **terms)
+            if record.owner != owner:
+                raise OwnerMismatch(f"voice {voice_id} is owned by {record.owner}, not {owner}")
+            updated = dict(terms)
+            if record.withdrawn_at is not None:
+                if consent_granted_at is None or consent_granted_at <= record.withdrawn_at:
+                    raise ConsentWithdrawn(
+                        f"voice {voice_id}: the speaker withdrew consent at {record.withdrawn_at.isoformat()}; "
+                        "only a consent.json granted after that can enroll the voice again")
+                updated.update(withdrawn_at=None, withdrawn_by=None)
+            same = all(getattr(record, k) == v for k, v in updated.items())
+            return None if same else record.replace(**updated)
+
+        return self._update(voice_id, change, create=True)
+
+    def set_status(self, voice_id: str, status: Status, reason: str | None = None) -> VoiceRecord:
+        """Record the state of the voice's latest training attempt (and why, for "failed")."""
+        if status not in STATUSES:
+            raise InvalidStatus(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            if status == "ready" and record.current_version is None:
+                raise InvalidStatus(f"voice {voice_id} cannot be ready: it has no version yet (add one first)")
+            return record.replace(status=status, status_reason=reason)
+
+        return self._update(voice_id, change)
+
+    def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True,
+                    make_current: bool = True, held_back: str | None = None) -> VersionRecord:
+        """Register a new immutable version; it becomes current and the voice "ready".
+
+        The version's files must already be in the store (`MissingVersionFile` otherwise,
+        unless `check_files` is False). Its number is 1 + the highest registered version, or
+        higher when another writer took that number first. With `make_current=False` (a version
+        the quality gate held back) it is listed but the current version stays; `held_back` is
+        the reason, kept as the voice's status reason (status "failed" if it has no current one).
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        new = new if isinstance(new, NewVersion) else NewVersion.model_validate(new)
+        for name, key in new.files.items():
+            self.store.fs_path(key)  # refuses keys that leave the store
+            if check_files and not self.store.exists(key):
+                raise MissingVersionFile(f"voice {voice_id}: version file {name} {self.store.url(key)} does not exist")
+
+        self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
+        n = max(self.get(voice_id).versions, default=0) + 1
+        while True:
+            version = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
+            if self.store.create_bytes(_version_key(voice_id, n), _to_json(version),
+                                       allow_unsafe=self.allow_unsafe_writes):
+                break
+            n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            versions = sorted({*record.versions, n})
+            if not make_current:
+                reason = f"version {n} not made current: {held_back or 'held back'}"
+                return record.replace(versions=versions, status="ready" if record.current_version else "failed",
+                                      status_reason=reason)
+            return record.replace(versions=versions, current_version=n, status="ready", status_reason=None)
+
+        self._update(voice_id, change)
+        return version
+
+    def rollback(self, voice_id: str, n: int) -> VoiceRecord:
+        """Make registered version `n` current again (and the voice "ready")."""
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            if n not in record.versions:
+                raise UnknownVersion(f"voice {voice_id} has no version {n!r} (versions: {_listed(record.versions)})")
+            reason = f"rolled back from version {record.current_version} to {n}"
+            return record.replace(current_version=n, status="ready", status_reason=reason)
+
+        return self._update(voice_id, change)
+
+    def grant(self, voice_id: str, principal: str, expires_at: datetime | None = None) -> VoiceRecord:
+        """Let `principal` render with the voice (until `expires_at`); replaces an earlier grant.
+
+        Raises `InvalidGrant` when the speaker's consent scope does not admit `principal`
+        (tasks/safety/access.py), or `expires_at` is not in the future. Who may call this is the
+        caller's check (`access.may_manage`).
+        """
+        principal = check_principal(principal)
+        now = _now()
+        if expires_at is not None and _aware(expires_at, "expires_at") <= now:
+            raise InvalidGrant(f"grant for {principal} on voice {voice_id} would expire at "
+                             f"{expires_at.isoformat()}, which is not in the future")
+        grant = Grant(principal=principal, granted_at=now, expires_at=expires_at)
+
+        def change(record: VoiceRecord) -> VoiceRecord:
+            refusal = grant_refusal(record.sharing, record.owner, principal, self.org_of)
+            if refusal is not None:
+                raise InvalidGrant(f"cannot grant voice {voice_id} to {principal}: {refusal}")
+            others = [g for g in record.grants if g.principal != principal]
+            return record.replace(grants=[*others, grant])
+
+        return self._update(voice_id, change)
+
+    def revoke(self, voice_id: str, principal: str) -> bool:
+        """Remove `principal`'s grant; False (and nothing written) if it had none."""
+        principal = check_principal(principal)
+        removed = False
+
+        def change(record: VoiceRecord) -> VoiceRecord | None:
+            nonlocal removed
+            removed = record.grant_for(principal) is not None
+            return record.replace(grants=[g for g in record.grants if g.principal != principal]) if removed else None
+
+        self._update(voice_id, change)
+        return removed
+
+    def withdraw(self, voice_id: str, by: str, at: datetime | None = None) -> VoiceRecord:
+        """Record that the speaker withdrew consent: every render job started after `at` is refused."""
+        by = check_principal(by)
+        at = _aware(at or _now(), "at")
+
+        def change(record: VoiceRecord) -> VoiceRecord | None:
+            if record.withdrawn_at is not None and record.withdrawn_at <= at:
+                return None  # already withdrawn; the first withdrawal stands
+            return record.replace(withdrawn_at=at, withdrawn_by=by)
+
+        return self._update(voice_id, change)
+
+    # -- optimistic concurrency ------------------------------------------------------------
+
+    def _update(
+        self,
+        voice_id: str,
+        change: Callable[[Any], VoiceRecord | None],
+        *,
+        create: bool = False,
+    ) -> VoiceRecord:
+        """Apply `change` to the newest revision and write it as the next one; retry on conflict.
+
+        `change` gets the current record (or None, only when `create`), returns the new record,
+        or None for "nothing to change". It may run several times, so it must not have effects
+        beyond its return value.
+        """
+        voice_id = safe_id(voice_id, "voice id")
+        self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
+        for attempt in range(self.max_attempts):
+            current = self._load(voice_id)
+            if current is None and not create:
+                raise UnknownVoice(voice_id)
+            updated = change(current)
+            if updated is None:
+                assert current is not None
+                return current
+            revision = (current.revision if current else 0) + 1
+            updated = updated.replace(revision=revision, write_id=uuid.uuid4().hex,
+                                      updated_at=max(_now(), updated.created_at))
+            if self.store.create_bytes(_record_key(voice_id, revision), _to_json(updated),
+                                       allow_unsafe=self.allow_unsafe_writes):
+                return updated
+            time.sleep(random.uniform(0.005, 0.02) * min(attempt + 1, 10))
+        raise RegistryConflict(f"voice {voice_id}: gave up after {self.max_attempts} concurrent-update conflicts")
+
+    def _load(self, voice_id: str) -> VoiceRecord | None:
+        revisions = [rev for key in self.store.list(f"{REGISTRY_PREFIX}/{voice_id}")
+                     if (parsed := _parse_record_key(key)) is not None and parsed[0] == voice_id
+                     for rev in (parsed[1],)]
+        return self._read_revision(voice_id, max(revisions)) if revisions else None
+
+    def _read_revision(self, voice_id: str, revision: int) -> VoiceRecord:
+        record = VoiceRecord.model_validate_json(self.store.read_bytes(_record_key(voice_id, revision)))
+        if record.revision != revision:  # a copied or hand-edited file: trust its name
+            record = record.replace(revision=revision)
+        return record
+
+def rollback_target(record: VoiceRecord) -> int:
+    """The version `voices rollback` goes back to when none is named: the newest before the current one.
+
+    Raises `UnknownVersion` when there is none (a voice with a single version, or none yet).
+    """
+    earlier = [v for v in record.versions if record.current_version is None or v < record.current_version]
+    if not earlier:
+        raise UnknownVersion(f"voice {record.voice_id} has no version before {record.current_version} "
+                             f"(versions: {', '.join(map(str, record.versions)) or 'none'})")
+    return max(earlier)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _record_key(voice_id: str, revision: int) -> str:
+    return f"{REGISTRY_PREFIX}/{voice_id}/rev-{revision:010d}.json"
+
+
+def _version_key(voice_id: str, n: int) -> str:
+    return f"{VOICES_PREFIX}/{voice_id}/v{n}/version.json"
+
+
+def _parse_record_key(key: str) -> tuple[str, int] | None:
+    """`registry/<voice>/rev-<N>.json` -> (voice, N); None for anything else under the prefix."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != REGISTRY_PREFIX:
+        return None
+    match = _REVISION_FILE.fullmatch(parts[2])
+    if match is None:
+        return None
+    try:
+        return safe_id(parts[1]), int(match.group(1))
+    except ValueError:
+        return None
+
+
+def _to_json(model: BaseModel) -> bytes:
+    return model.model_dump_json(indent=2).encode("utf-8")
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must carry a time zone (e.g. datetime.now(timezone.utc)), got {value.isoformat()}")
+    return value
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(map(str, versions)) or "none"
