@@ -29,11 +29,11 @@ from voicefleet.tasks.render.job_report import write_report
 from voicefleet.tasks.render.line_checks import DEFAULT_MAX_CHARS, LineLimits
 from voicefleet.tasks.render.line_qc import QCConfig
 from voicefleet.tasks.render.pipeline import RenderCounts, RenderSettings, render_lines
-from voicefleet.tasks.render.plan import Plan, plan_script, todo_prefix, write_todo
+from voicefleet.tasks.render.plan import NoKnownVoice, Plan, plan_script, todo_prefix, write_todo
 from voicefleet.tasks.render.postprocess import PostConfig
 from voicefleet.tasks.safety import audit
 from voicefleet.tasks.safety.access import check_principal
-from voicefleet.tasks.safety.principal import resolve_principal
+from voicefleet.tasks.safety.principal import resolve_claim
 from voicefleet.tasks.store.ids import safe_id
 from voicefleet.tasks.store.storage import Store
 
@@ -63,6 +63,17 @@ def bert_dir_of(pretrained: str | None) -> str | None:
 def make_plan(script: str, store: str, principal: str, max_chars: int = DEFAULT_MAX_CHARS) -> Plan:
     """Read the script once and check every line (no Ray, no Prefect): the CLI calls this first."""
     return plan_script(script, Store(store), check_principal(principal), LineLimits(max_chars=max_chars))
+
+
+def check_voices_known(plan: Plan, script: str, store: str) -> list[str]:
+    """The script's voices that are not registered (their lines will be refused). When none of its
+    voices is known no line can be rendered: the plan is cleaned up and `NoKnownVoice` raised."""
+    unknown = sorted(v for v, d in plan.decisions.items() if d.reason.startswith("unknown voice"))
+    if unknown and len(unknown) == len(plan.voices):
+        plan.cleanup()
+        raise NoKnownVoice(f"unknown voice(s) {', '.join(unknown)}: no line of {script} can be rendered "
+                           f"(see `voicefleet voices list --store {store}`)")
+    return unknown
 
 
 @task
@@ -106,8 +117,7 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
     `precision`: fp32 | bf16 | fp16 | int8 (None: bf16 on a GPU, fp32 on CPU).
     `qc` / `post`: QCConfig / PostConfig fields (quality control, loudness, pads, target length).
     """
-    who = resolve_principal(token=principal, local=local) if principal.startswith("vf1.") else \
-        resolve_principal(name=principal, local=local)
+    who = resolve_claim(principal, local=local)
     principal = who.name
     qc_cfg, post_cfg = QCConfig(**(qc or {})), PostConfig(**(post or {}))
     settings = RenderSettings(actors=actors, batch_size=batch_size, lines_per_shard=lines_per_shard,

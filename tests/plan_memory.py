@@ -14,8 +14,8 @@ import sys
 
 PLAN_CODE = """
 import re, sys, time
-from voicefleet.tasks.render_plan import plan_script, write_todo
-from voicefleet.tasks.storage import Store
+from voicefleet.tasks.render.plan import plan_script, write_todo
+from voicefleet.tasks.store.storage import Store
 n, d = int(sys.argv[1]), sys.argv[2]
 with open(f"{d}/p{n}.csv", "w") as f:
     f.write("line_id,voice_id,text,language\\n")

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from voicefleet.flows.cli import EXIT_BAD_INPUT, EXIT_PARTIAL, app
+from voicefleet.flows.cli import app
+from voicefleet.flows.commands.exits import EXIT_BAD_INPUT, EXIT_PARTIAL
 from voicefleet.tasks.safety.principal import (
     InvalidToken,
     LocalModeRequired,

@@ -8,7 +8,8 @@ import pytest
 from test_access import BOB, OWNER, ready_voice
 from typer.testing import CliRunner
 
-from voicefleet.flows.cli import EXIT_PARTIAL, app
+from voicefleet.flows.cli import app
+from voicefleet.flows.commands.exits import EXIT_PARTIAL
 from voicefleet.tasks.safety import audit
 from voicefleet.tasks.store.storage import Store
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from voicefleet.flows.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, app
+from voicefleet.flows.cli import app
+from voicefleet.flows.commands.exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND
 
 runner = CliRunner()
 

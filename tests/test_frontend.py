@@ -26,9 +26,9 @@ from voicefleet.model.text import (
     UnsupportedLanguage,
     clean_text,
     cleaned_text_to_sequence,
+    cut,
     symbol_to_id,
 )
-from voicefleet.model.text import cut
 from voicefleet.model.text.english import english_g2p
 from voicefleet.model.text.g2p_neural import NeuralG2p
 from voicefleet.model.text.language import segment

@@ -96,7 +96,8 @@ def test_report_of_an_unknown_job_is_refused(tmp_path):
 def test_jobs_report_command(job_store, tmp_path):
     from typer.testing import CliRunner
 
-    from voicefleet.flows.cli import EXIT_NOT_FOUND, app
+    from voicefleet.flows.cli import app
+    from voicefleet.flows.commands.exits import EXIT_NOT_FOUND
 
     r = CliRunner().invoke(app, ["jobs", "report", JOB, "--store", job_store.uri, "--worst", "3"])
     assert r.exit_code == 0, r.output

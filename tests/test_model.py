@@ -9,16 +9,25 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from reference_case import manifest, ref_weights
-from voicefleet.model.checkpoint import (CheckpointError, gpt_checkpoint, load_gpt, load_gpt_safetensors,
-                                         load_sovits, load_sovits_safetensors, save_gpt, save_sovits,
-                                         sovits_checkpoint, to_safetensors)
+
+from voicefleet.model.checkpoint import (
+    CheckpointError,
+    gpt_checkpoint,
+    load_gpt,
+    load_gpt_safetensors,
+    load_sovits,
+    load_sovits_safetensors,
+    save_gpt,
+    save_sovits,
+    sovits_checkpoint,
+    to_safetensors,
+)
 from voicefleet.model.config import GPTConfig, SoVITSConfig
 from voicefleet.model.gpt import SamplingParams, Text2SemanticDecoder
 from voicefleet.model.sovits import SynthesizerTrn
-from voicefleet.model.train import GPTBatch, GPTTrainer, SoVITSBatch, SoVITSTrainer
 from voicefleet.model.spectrogram import spectrogram
+from voicefleet.model.train import GPTBatch, GPTTrainer, SoVITSBatch, SoVITSTrainer
 
 
 def tiny_gpt(seed=0):

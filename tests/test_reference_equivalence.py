@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from reference_case import case_files, manifest, ref_weights
+
 from voicefleet.model.checkpoint import load_gpt, load_sovits
 from voicefleet.model.gpt import SamplingParams
 from voicefleet.model.spectrogram import spectrogram

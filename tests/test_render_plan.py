@@ -246,7 +246,7 @@ def test_a_second_run_of_a_job_cannot_take_its_lease(store):
 
 
 def test_a_killed_runs_lease_is_taken_over(local_store):
-    code = ("import sys; from voicefleet.tasks.job_lease import JobLease; from voicefleet.tasks.storage import Store;"
+    code = ("import sys; from voicefleet.tasks.render.job_lease import JobLease; from voicefleet.tasks.store.storage import Store;"
             f"JobLease(Store({local_store.uri!r}), 'j', ttl_s=600).acquire(); import os; os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True)  # exits without releasing, like kill -9
     with JobLease(local_store, "j") as lease:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from voicefleet.flows.cli import EXIT_BAD_INPUT, app
+from voicefleet.flows.cli import app
+from voicefleet.flows.commands.exits import EXIT_BAD_INPUT
 from voicefleet.model.checkpoint import CheckpointError, load_gpt, load_sovits
 from voicefleet.tasks.store.ids import InvalidId
 from voicefleet.tasks.store.storage import InvalidKey, Store

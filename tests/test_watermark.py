@@ -10,7 +10,8 @@ from audio_transforms import TRANSFORMS, via_codec
 from human_speech import arctic
 from typer.testing import CliRunner
 
-from voicefleet.flows.cli import EXIT_NOT_FOUND, app
+from voicefleet.flows.cli import app
+from voicefleet.flows.commands.exits import EXIT_NOT_FOUND
 from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
 from voicefleet.tasks.enroll.ingest import QCConfig, RejectedSpeaker, ingest_speaker
 from voicefleet.tasks.measure.audio import resample, write_audio

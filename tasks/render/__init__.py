@@ -1,0 +1,17 @@
+"""Rendering: a script of lines -> audio shards and a Parquet index per job, resumable, checked
+line by line, refused for voices the caller may not use.
+
+    script.py, line_checks.py   the one reader of a script; per-line validation
+    plan.py                     checked, authorized lines -> this run's work list (DuckDB)
+    pipeline.py                 the Ray Data actor pool: synthesis, post-processing, QC, watermark
+    checked_lines.py, line_qc.py, postprocess.py, fault_isolation.py
+                                one voice's lines rendered, trimmed, loudness-normalised, checked,
+                                retried; a bad line fails alone
+    shards.py, index_schema.py, job_paths.py, index_read.py
+                                output: tar shards + index parts, their schema, keys and readers
+    job_index.py, job_lease.py, job_report.py, metrics.py
+                                a job as a whole: totals, compaction, one writer at a time, the
+                                HTML report, dashboard metrics
+
+May import: voices, safety, measure, store, cluster, voicefleet.model. Must not: import enroll or train.
+"""

@@ -25,7 +25,8 @@ from voicefleet.tasks.store.storage import Store
 
 from .index_read import index_dataset
 from .index_schema import INDEX_SCHEMA
-from .job_paths import job_prefix
+from .job_lease import JobLease
+from .job_paths import job_prefix, read_job
 
 COMPACT_ROWS_PER_FILE = 1_000_000
 _LATEST = ("SELECT * FROM raw_index QUALIFY row_number() OVER "
@@ -75,6 +76,15 @@ def job_totals(store: Store, job_id: str) -> JobTotals:
                          FROM idx""").fetchone()
     files = len(store.glob(f"{job_prefix(job_id)}/index/*.parquet"))
     return JobTotals(*[int(v) for v in row[:6]], float(row[6]), files, int(row[7]), int(row[8]))
+
+
+def job_state(job: dict, totals: JobTotals) -> str:
+    """A job's state from its record and index: complete when every script line has a row; otherwise
+    running or interrupted while its record says running, else incomplete (a rerun resumes it)."""
+    if totals.lines_indexed == job.get("lines"):
+        return "complete"
+    return "incomplete (rerun the render command to resume)" if job.get("status") != "running" else \
+        "running or interrupted"
 
 
 def worst_lines(store: Store, job_id: str, n: int = 10) -> list[dict]:
@@ -142,3 +152,23 @@ def remove_orphans(store: Store, job_id: str) -> list[str]:
     for key in orphans:
         store.delete(key)
     return orphans
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What `compact_job` did: index files before and after, files written, orphaned tars removed."""
+
+    files_before: int
+    files_after: int
+    written: int
+    orphans: list[str]
+
+
+def compact_job(store: Store, job_id: str) -> Compaction:
+    """Compact a job's index and remove its orphaned tars under the job's lease (`voicefleet jobs compact`)."""
+    read_job(store, job_id)
+    before = job_totals(store, job_id).index_files
+    with JobLease(store, job_id):
+        written = compact(store, job_id)
+        orphans = remove_orphans(store, job_id)
+    return Compaction(before, job_totals(store, job_id).index_files, written, orphans)

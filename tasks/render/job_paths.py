@@ -6,8 +6,14 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 from voicefleet.tasks.store.ids import safe_id
 from voicefleet.tasks.store.storage import Store
+
+
+class NoSuchJob(LookupError):
+    """No render job with this id in the store (no job.json)."""
 
 
 def job_prefix(job_id: str) -> str:
@@ -28,3 +34,11 @@ def index_glob(store: Store, job_id: str) -> str:
     Pass `union_by_name=true` to DuckDB so parts written before a column was added still read.
     """
     return store.url(job_prefix(job_id), "index", "*.parquet")
+
+
+def read_job(store: Store, job_id: str) -> dict[str, Any]:
+    """The job record `renders/<job_id>/job.json`; `NoSuchJob` when the job was never started here."""
+    key = f"{job_prefix(safe_id(job_id, 'job id'))}/job.json"
+    if not store.exists(key):
+        raise NoSuchJob(f"no render job {job_id} in {store.uri}")
+    return store.read_json(key)

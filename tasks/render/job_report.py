@@ -29,14 +29,10 @@ import numpy as np
 from voicefleet.tasks.store.storage import Store
 
 from .index_read import fetch_audio, read_index
-from .job_paths import job_prefix
+from .job_paths import NoSuchJob, job_prefix, read_job  # noqa: F401  (NoSuchJob: what write_report raises)
 
 WORST_LINES = 20
 FAILED_LISTED = 100
-
-
-class NoSuchJob(LookupError):
-    """No render job with this id in the store."""
 
 
 def report_key(job_id: str) -> str:
@@ -251,10 +247,7 @@ def render_html(job_id: str, job: dict, rows: list[dict], audio: dict[str, bytes
 
 def write_report(store: Store, job_id: str, worst: int = WORST_LINES) -> str:
     """Build renders/<job_id>/report.html from the job's index and shards; returns its URL."""
-    key = f"{job_prefix(job_id)}/job.json"
-    if not store.exists(key):
-        raise NoSuchJob(f"no render job {job_id} in {store.uri}")
-    job = store.read_json(key)
+    job = read_job(store, job_id)
     rows = read_index(store, job_id).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     audio = {r["line_id"]: fetch_audio(store, job_id, r) for r in sorted(ok, key=_badness, reverse=True)[:worst]}

@@ -65,6 +65,10 @@ T = TypeVar("T")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # storage.safe_id's rule
 
 
+class NoKnownVoice(LookupError):
+    """None of a script's voices is registered: no line of it can be rendered."""
+
+
 @dataclass
 class VoiceDecision:
     allowed: bool

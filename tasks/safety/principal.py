@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 
 from .access import check_principal
 
-__all__ = ["InvalidToken", "LocalModeRequired", "Principal", "local_mode", "mint_token", "resolve_principal",
-           "verify_token"]
+__all__ = ["InvalidToken", "LocalModeRequired", "Principal", "flow_claim", "local_mode", "mint_token",
+           "resolve_claim", "resolve_principal", "verify_token"]
 
 KEY_ENV = "VOICEFLEET_PRINCIPAL_KEY"
 TOKEN_ENV = "VOICEFLEET_TOKEN"
@@ -112,3 +112,16 @@ def resolve_principal(token: str | None = None, name: str | None = None, *, loca
         raise LocalModeRequired(f"a plain principal name ({name.strip()!r}) is accepted only in local mode "
                                 f"(--local or {LOCAL_ENV}=1); otherwise pass a signed --token")
     return Principal(check_principal(name), "local")
+
+
+def flow_claim(who: Principal, token: str | None) -> str:
+    """What a caller hands a flow as its `principal` to act as `who`: the token it was verified from,
+    else (local mode) the plain name. The flow verifies it again with `resolve_claim`."""
+    return token if who.via == "token" else who.name
+
+
+def resolve_claim(claim: str, *, local: bool = False) -> Principal:
+    """A flow's `principal` parameter: a ``vf1.`` token is verified, anything else is a name (local mode only)."""
+    if claim.startswith(f"{_VERSION}."):
+        return resolve_principal(token=claim, local=local)
+    return resolve_principal(name=claim, local=local)

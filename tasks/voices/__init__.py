@@ -1,0 +1,12 @@
+"""Voices: the registry of who owns which voice and its versions and grants, a version's model files,
+and the shared base they are fine-tuned from.
+
+    records.py      `VoiceRecord`, `VersionRecord`, `Grant`: the registry's records
+    registry.py     `VoiceRegistry`: records and versions in the store under optimistic concurrency
+    manage.py       grant, revoke, withdraw (owner or admin, audited), rollback, describe
+    base_model.py   the base: official pretrained v2 weights, or the tiny random one
+    base_store.py   the base published once to the store and read once per worker process
+    artifacts.py    a version's files: full fine-tune or LoRA delta, written and loaded
+
+May import: safety, store, and voicefleet.model. Must not: import enroll, train or render.
+"""
