@@ -31,7 +31,8 @@ from voicefleet.tasks.train.finetune import Recipe
 from voicefleet.tasks.train.scheduler import train_voices
 from voicefleet.tasks.voices.base_model import base_spec
 from voicefleet.tasks.voices.base_store import publish_base
-from voicefleet.tasks.voices.registry import RegistryError, VoiceRegistry
+from voicefleet.tasks.voices.errors import RegistryError
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 from .progress import report
 

@@ -16,8 +16,9 @@ from voicefleet.tasks.safety.principal import (
     verify_token,
 )
 from voicefleet.tasks.store.storage import Store
+from voicefleet.tasks.voices.errors import ConsentWithdrawn
 from voicefleet.tasks.voices.records import NewVersion
-from voicefleet.tasks.voices.registry import ConsentWithdrawn, VoiceRegistry
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 OWNER = "user:ada@example.com"
 BOB = "user:bob@example.com"

@@ -11,16 +11,16 @@ import pytest
 from voicefleet.tasks.safety.access import InvalidPrincipal, email_domain
 from voicefleet.tasks.store.ids import InvalidId
 from voicefleet.tasks.store.storage import Store, UnsafeStore
-from voicefleet.tasks.voices.records import NewVersion, VersionRecord
-from voicefleet.tasks.voices.registry import (
+from voicefleet.tasks.voices.errors import (
     InvalidGrant,
     InvalidStatus,
     MissingVersionFile,
     OwnerMismatch,
     UnknownVersion,
     UnknownVoice,
-    VoiceRegistry,
 )
+from voicefleet.tasks.voices.records import NewVersion, VersionRecord
+from voicefleet.tasks.voices.registry import VoiceRegistry
 
 OWNER = "user:alice@example.com"
 BOB = "user:bob@example.com"

@@ -40,7 +40,7 @@ def exit_code_for(exc: BaseException) -> int:
     from voicefleet.tasks.store.ids import InvalidId
     from voicefleet.tasks.store.storage import InvalidKey
     from voicefleet.tasks.voices.base_model import PretrainedNotFound
-    from voicefleet.tasks.voices.registry import ConsentWithdrawn, InvalidGrant, UnknownVersion, UnknownVoice
+    from voicefleet.tasks.voices.errors import ConsentWithdrawn, InvalidGrant, UnknownVersion, UnknownVoice
 
     if isinstance(exc, CLIError):
         return exc.code

@@ -94,7 +94,7 @@ class VoiceAuthorizer:
         return self.decisions[voice]
 
     def _decide(self, voice: str) -> VoiceDecision:
-        from voicefleet.tasks.voices.registry import RegistryError, UnknownVoice
+        from voicefleet.tasks.voices.errors import RegistryError, UnknownVoice
 
         try:
             rec = self.registry.get(safe_id(voice, "voice id"))

@@ -2,7 +2,9 @@
 and the shared base they are fine-tuned from.
 
     records.py      `VoiceRecord`, `VersionRecord`, `Grant`: the registry's records
-    registry.py     `VoiceRegistry`: records and versions in the store under optimistic concurrency
+    registry.py     `VoiceRegistry`: voices, versions and grants in the store
+    revisions.py    a record as a chain of revision files, changed under optimistic concurrency
+    errors.py       one exception type per registry failure a caller can act on
     manage.py       grant, revoke, withdraw (owner or admin, audited), rollback, describe
     base_model.py   the base: official pretrained v2 weights, or the tiny random one
     base_store.py   the base published once to the store and read once per worker process

@@ -10,15 +10,11 @@ creates `version.json` with an *exclusive create*; if that key already exists (a
 there first, or an earlier run crashed after writing it), it tries N + 1. Then the record is updated
 so that N is listed and current.
 
-**Records** change (status, grants, current version, ...) under optimistic concurrency. Each change
-is a new, complete record written as `rev-<R+1>.json`, where R is the revision it was derived from,
-again with an exclusive create. The newest revision is the record; older ones stay as its history.
-Two writers that both read revision R race for `rev-<R+1>.json`: exactly one create succeeds, the
-other re-reads the record, re-applies its change to the winner's revision and tries `rev-<R+2>.json`
-(with a short random back-off, up to `max_attempts` times, then `RegistryConflict`). No update is
-lost and no lock is ever held, so a crashed writer blocks no one. Reading a record costs one listing
-of `registry/<voice_id>/` plus one read; `list()` costs one listing of `registry/` plus one read
-per voice.
+**Records** change (status, grants, current version, ...) under optimistic concurrency
+(tasks/voices/revisions.py): each change is a new, complete revision file written with an exclusive
+create; a writer that loses the race re-applies its change to the winner's revision. No update is
+lost and no lock is ever held. Reading a record costs one listing of `registry/<voice_id>/` plus one
+read; `list()` costs one listing of `registry/` plus one read per voice.
 
 Exclusive create is `Store.create_bytes` (tasks/store/storage.py): a hidden temp file + `os.link` on a
 local folder, a conditional PUT (`If-None-Match: *`) on S3 (probed once per process: a server that
@@ -33,15 +29,10 @@ to do about it.
 
 from __future__ import annotations
 
-import random
 import re
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
-
-from pydantic import BaseModel
 
 from voicefleet.tasks.safety.access import (
     Decision,
@@ -55,76 +46,23 @@ from voicefleet.tasks.safety.access import (
 from voicefleet.tasks.store.ids import safe_id
 from voicefleet.tasks.store.storage import Store
 
+from .errors import (
+    ConsentWithdrawn,
+    InvalidGrant,
+    InvalidStatus,
+    MissingVersionFile,
+    OwnerMismatch,
+    UnknownVersion,
+    UnknownVoice,
+)
 from .records import STATUSES, Grant, NewVersion, Status, VersionRecord, VoiceRecord
+from .revisions import load, newest_revisions, read_revision, to_json, update
 
-__all__ = [
-    "ConsentWithdrawn",
-    "InvalidGrant",
-    "InvalidStatus",
-    "MissingVersionFile",
-    "OwnerMismatch",
-    "RegistryConflict",
-    "RegistryError",
-    "UnknownVersion",
-    "UnknownVoice",
-    "VoiceRegistry",
-    "rollback_target",
-]
+__all__ = ["VoiceRegistry", "rollback_target"]
 
-REGISTRY_PREFIX = "registry"
 VOICES_PREFIX = "voices"
 
-_REVISION_FILE = re.compile(r"rev-(\d+)\.json")
 _VERSION_DIR = re.compile(r"v(\d+)")
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class RegistryError(Exception):
-    """Base class of every registry failure."""
-
-
-class UnknownVoice(RegistryError, KeyError):
-    """No voice with this id is registered."""
-
-    def __init__(self, voice_id: str) -> None:
-        super().__init__(f"unknown voice {voice_id}")
-        self.voice_id = voice_id
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class UnknownVersion(RegistryError, KeyError):
-    """The voice exists but has no such version (or no current version yet)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class InvalidStatus(RegistryError, ValueError):
-    """An unknown status, or "ready" for a voice that has no version."""
-
-
-class OwnerMismatch(RegistryError, ValueError):
-    """`ensure_voice` named a different owner than the registered one."""
-
-
-class InvalidGrant(RegistryError, ValueError):
-    """A grant that would already be expired when written, or that the consent scope does not admit."""
-
-
-class ConsentWithdrawn(RegistryError, ValueError):
-    """The speaker withdrew consent; only a consent granted after the withdrawal re-enrolls the voice."""
-
-
-class MissingVersionFile(RegistryError, FileNotFoundError):
-    """A new version points at a store key that does not exist (or lacks a required file)."""
-
-
-class RegistryConflict(RegistryError, RuntimeError):
-    """Too many concurrent writers on one voice: the update was retried `max_attempts` times."""
 
 
 # -- time -----------------------------------------------------------------------------------
@@ -165,20 +103,15 @@ class VoiceRegistry:
 
     def get(self, voice_id: str) -> VoiceRecord:
         """The voice's current record; `UnknownVoice` if it was never registered."""
-        record = self._load(safe_id(voice_id, "voice id"))
+        record = load(self.store, safe_id(voice_id, "voice id"))
         if record is None:
             raise UnknownVoice(voice_id)
         return record
 
     def list(self) -> list[VoiceRecord]:
         """Every registered voice, sorted by id (one listing, then one read per voice)."""
-        newest: dict[str, int] = {}
-        for key in self.store.list(REGISTRY_PREFIX):
-            parsed = _parse_record_key(key)
-            if parsed is not None:
-                voice_id, rev = parsed
-                newest[voice_id] = max(rev, newest.get(voice_id, 0))
-        return [self._read_revision(v, newest[v]) for v in sorted(newest)]
+        newest = newest_revisions(self.store)
+        return [read_revision(self.store, v, newest[v]) for v in sorted(newest)]
 
     def version(self, voice_id: str, n: int | None = None) -> VersionRecord:
         """Version `n` of the voice, or its current version when `n` is None."""
@@ -199,7 +132,7 @@ class VoiceRegistry:
         """
         principal = check_principal(principal)
         at = _aware(at or _now(), "at")
-        record = self._load(safe_id(voice_id, "voice id"))
+        record = load(self.store, safe_id(voice_id, "voice id"))
         if record is None:
             return Decision(False, f"unknown voice {voice_id}")
         return decide(record, principal, at, self.org_of)
@@ -271,7 +204,7 @@ class VoiceRegistry:
         n = max(self.get(voice_id).versions, default=0) + 1
         while True:
             version = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
-            if self.store.create_bytes(_version_key(voice_id, n), _to_json(version),
+            if self.store.create_bytes(_version_key(voice_id, n), to_json(version),
                                        allow_unsafe=self.allow_unsafe_writes):
                 break
             n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
@@ -346,51 +279,11 @@ class VoiceRegistry:
 
         return self._update(voice_id, change)
 
-    # -- optimistic concurrency ------------------------------------------------------------
+    def _update(self, voice_id: str, change: Callable[[Any], VoiceRecord | None], *,
+                create: bool = False) -> VoiceRecord:
+        return update(self.store, voice_id, change, create=create, max_attempts=self.max_attempts,
+                      allow_unsafe=self.allow_unsafe_writes)
 
-    def _update(
-        self,
-        voice_id: str,
-        change: Callable[[Any], VoiceRecord | None],
-        *,
-        create: bool = False,
-    ) -> VoiceRecord:
-        """Apply `change` to the newest revision and write it as the next one; retry on conflict.
-
-        `change` gets the current record (or None, only when `create`), returns the new record,
-        or None for "nothing to change". It may run several times, so it must not have effects
-        beyond its return value.
-        """
-        voice_id = safe_id(voice_id, "voice id")
-        self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
-        for attempt in range(self.max_attempts):
-            current = self._load(voice_id)
-            if current is None and not create:
-                raise UnknownVoice(voice_id)
-            updated = change(current)
-            if updated is None:
-                assert current is not None
-                return current
-            revision = (current.revision if current else 0) + 1
-            updated = updated.replace(revision=revision, write_id=uuid.uuid4().hex,
-                                      updated_at=max(_now(), updated.created_at))
-            if self.store.create_bytes(_record_key(voice_id, revision), _to_json(updated),
-                                       allow_unsafe=self.allow_unsafe_writes):
-                return updated
-            time.sleep(random.uniform(0.005, 0.02) * min(attempt + 1, 10))
-        raise RegistryConflict(f"voice {voice_id}: gave up after {self.max_attempts} concurrent-update conflicts")
-
-    def _load(self, voice_id: str) -> VoiceRecord | None:
-        revisions = [rev for key in self.store.list(f"{REGISTRY_PREFIX}/{voice_id}")
-                     if (parsed := _parse_record_key(key)) is not None and parsed[0] == voice_id
-                     for rev in (parsed[1],)]
-        return self._read_revision(voice_id, max(revisions)) if revisions else None
-
-    def _read_revision(self, voice_id: str, revision: int) -> VoiceRecord:
-        record = VoiceRecord.model_validate_json(self.store.read_bytes(_record_key(voice_id, revision)))
-        if record.revision != revision:  # a copied or hand-edited file: trust its name
-            record = record.replace(revision=revision)
-        return record
 
 def rollback_target(record: VoiceRecord) -> int:
     """The version `voices rollback` goes back to when none is named: the newest before the current one.
@@ -407,30 +300,8 @@ def rollback_target(record: VoiceRecord) -> int:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _record_key(voice_id: str, revision: int) -> str:
-    return f"{REGISTRY_PREFIX}/{voice_id}/rev-{revision:010d}.json"
-
-
 def _version_key(voice_id: str, n: int) -> str:
     return f"{VOICES_PREFIX}/{voice_id}/v{n}/version.json"
-
-
-def _parse_record_key(key: str) -> tuple[str, int] | None:
-    """`registry/<voice>/rev-<N>.json` -> (voice, N); None for anything else under the prefix."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0] != REGISTRY_PREFIX:
-        return None
-    match = _REVISION_FILE.fullmatch(parts[2])
-    if match is None:
-        return None
-    try:
-        return safe_id(parts[1]), int(match.group(1))
-    except ValueError:
-        return None
-
-
-def _to_json(model: BaseModel) -> bytes:
-    return model.model_dump_json(indent=2).encode("utf-8")
 
 
 def _aware(value: datetime, name: str) -> datetime:
