@@ -24,7 +24,7 @@ from prefect.cache_policies import NONE
 from voicefleet.tasks.cluster.runtime import Resources, check_store_for_cluster, ensure_ray
 from voicefleet.tasks.render.job_index import compact, job_totals, remove_orphans
 from voicefleet.tasks.render.job_lease import JobLease
-from voicefleet.tasks.render.job_paths import index_glob, job_prefix
+from voicefleet.tasks.render.job_paths import index_glob, job_key, job_prefix
 from voicefleet.tasks.render.job_report import write_report
 from voicefleet.tasks.render.line_checks import DEFAULT_MAX_CHARS, LineLimits
 from voicefleet.tasks.render.line_qc import QCConfig
@@ -131,14 +131,14 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
             dashboard = ensure_ray()
             check_store_for_cluster(s)
             started = dt.datetime.now(dt.timezone.utc).isoformat()
-            job_key = f"{job_prefix(job_id)}/job.json"
-            job = s.read_json(job_key) if s.exists(job_key) else {"job_id": job_id, "created_at": started, "runs": []}
+            key = job_key(job_id)
+            job = s.read_json(key) if s.exists(key) else {"job_id": job_id, "created_at": started, "runs": []}
             job.update(script=plan.url, principal=principal, principal_via=who.via, lines=plan.lines, status="running",
                        voices={v: {"allowed": d.allowed, "version": d.version, "reason": d.reason}
                                for v, d in plan.decisions.items()}, qc=asdict(qc_cfg), post=asdict(post_cfg))
             job["runs"].append({"started_at": started, "retry_failed": retry_failed})
             run = len(job["runs"])
-            s.write_json(job_key, job)
+            s.write_json(key, job)
             audit.append(s, "render_started", principal, job=job_id, lines=plan.lines, detail={"via": who.via, "voices": {
                 v: {"allowed": d.allowed, "version": d.version} for v, d in plan.decisions.items()}})
             counts = render(store, job_id, plan, settings, run, retry_failed, bert_dir_of(pretrained))
@@ -149,7 +149,7 @@ def render_script(script: str, principal: str, store: str = DEFAULT_STORE, job_i
             job["runs"][-1].update(finished_at=dt.datetime.now(dt.timezone.utc).isoformat(), rendered_ok=counts.ok,
                                    failed=counts.failed, refused=counts.refused, truncated=counts.truncated,
                                    skipped=counts.skipped)
-            s.write_json(job_key, job)
+            s.write_json(key, job)
             audit.append(s, "render_finished", principal, job=job_id, lines=counts.ok, detail={
                 "voices": {v: {"version": d.version} for v, d in plan.decisions.items() if d.allowed}, **totals})
     finally:

@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from voicefleet.tasks.render.job_paths import job_prefix
-from voicefleet.tasks.render.job_report import NoSuchJob, report_key, write_report
+from voicefleet.tasks.render.job_paths import NoSuchJob, job_prefix
+from voicefleet.tasks.render.job_report import report_key, write_report
 from voicefleet.tasks.render.shards import write_shard
 from voicefleet.tasks.store.storage import Store
 

@@ -20,6 +20,11 @@ def job_prefix(job_id: str) -> str:
     return f"renders/{safe_id(job_id, 'job_id')}"
 
 
+def job_key(job_id: str) -> str:
+    """The job record: script, principal, voices, runs, totals."""
+    return f"{job_prefix(job_id)}/job.json"
+
+
 def shard_key(job_id: str, name: str) -> str:
     return f"{job_prefix(job_id)}/shards/{safe_id(name, 'shard name')}.tar"
 
@@ -38,7 +43,7 @@ def index_glob(store: Store, job_id: str) -> str:
 
 def read_job(store: Store, job_id: str) -> dict[str, Any]:
     """The job record `renders/<job_id>/job.json`; `NoSuchJob` when the job was never started here."""
-    key = f"{job_prefix(safe_id(job_id, 'job id'))}/job.json"
+    key = job_key(safe_id(job_id, "job id"))
     if not store.exists(key):
         raise NoSuchJob(f"no render job {job_id} in {store.uri}")
     return store.read_json(key)

@@ -29,7 +29,7 @@ import numpy as np
 from voicefleet.tasks.store.storage import Store
 
 from .index_read import fetch_audio, read_index
-from .job_paths import NoSuchJob, job_prefix, read_job  # noqa: F401  (NoSuchJob: what write_report raises)
+from .job_paths import job_prefix, read_job
 
 WORST_LINES = 20
 FAILED_LISTED = 100
