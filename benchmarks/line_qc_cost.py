@@ -7,7 +7,11 @@ speaker model; the untrained demo model's output is not speech). Per line, media
     postprocess DC removal, silence trim, loudness + true-peak limiter (tasks/render/postprocess.py)
     asr         Whisper tiny.en int8 transcript + WER (tasks/measure/asr.py)
     speaker     GE2E embedding + similarity to the reference (tasks/measure/speaker.py)
-    qc total    LineQC.check (asr + speaker + signal checks)
+    qc total    LineQC.check (asr + speaker + signal checks), one line at a time
+    qc batched  LineQC.check_many over all the lines at once, per line: what the render actor does with
+                a batch (one GE2E forward; Whisper batched on a GPU only, line by line on a CPU)
+    asr batched ASR.transcribe_many over all the lines (one encoder pass and decode), per line: the
+                GPU path's ASR, measured here against `asr` to show why a CPU does not take it
 
 plus the load average, because on a shared 2-core machine a busy neighbour changes the figures.
 
@@ -35,7 +39,7 @@ def main() -> None:
     from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
     from voicefleet.tasks.measure.asr import ASR, wer
     from voicefleet.tasks.measure.speaker import embed, similarity
-    from voicefleet.tasks.render.line_qc import LineQC, QCConfig
+    from voicefleet.tasks.render.line_qc import LineQC, QCConfig, QCLine
     from voicefleet.tasks.render.postprocess import PostConfig, postprocess
 
     engine, voice = load_engine("piper"), DEMO_VOICES[0]
@@ -50,7 +54,7 @@ def main() -> None:
     qc.check("joe", TEXTS[0], "en", w, sr, False, postprocess(w, sr, PostConfig()))
 
     t: dict[str, list[float]] = {k: [] for k in ("synthesis", "postprocess", "asr", "speaker", "qc total")}
-    audio_s = []
+    audio_s, lines = [], []
     for i in range(args.lines):
         text = TEXTS[i % len(TEXTS)]
         t0 = time.perf_counter()
@@ -67,6 +71,13 @@ def main() -> None:
         for k, v in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             t[k].append(v)
         audio_s.append(p.duration_s)
+        lines.append(QCLine("joe", text, "en", w, sr, False, p))
+    t0 = time.perf_counter()
+    qc.check_many(lines)
+    batched = (time.perf_counter() - t0) / len(lines)
+    t0 = time.perf_counter()
+    asr.transcribe_many([q.processed.wav for q in lines], sr, "en")
+    asr_batched = (time.perf_counter() - t0) / len(lines)
     line_s = statistics.median(audio_s)
     print(f"lines {args.lines}, median line {line_s:.2f} s of audio, threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -74,6 +85,10 @@ def main() -> None:
     for k, v in t.items():
         m = statistics.median(v)
         print(f"{k:<12} {m:8.3f} {m / line_s:10.3f}")
+    print(f"{'qc batched':<12} {batched:8.3f} {batched / line_s:10.3f}   "
+          f"(qc total / qc batched: {statistics.median(t['qc total']) / batched:.2f}x)")
+    print(f"{'asr batched':<12} {asr_batched:8.3f} {asr_batched / line_s:10.3f}   "
+          f"(asr / asr batched: {statistics.median(t['asr']) / asr_batched:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Prints lines/s, audio s/s and the ratio (b)/(a). Models: the tiny config with ra
     python benchmarks/render_throughput.py                       # 24 lines, 3 voices, actors 1,2, plan 1e5,1e6
     python benchmarks/render_throughput.py --lines 8 --plan-sizes 100000 --actors 1
     python benchmarks/render_throughput.py --lines 0 --plan-sizes 100000,1000000   # (c) only: no Ray, no model
+    python benchmarks/render_throughput.py --lines 432 --actors 2 --overlap 0,1 --plan-sizes ''   # overlap off / on
     python benchmarks/render_throughput.py --device cuda --num-gpus 0.5   # on a GPU
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import csv
 import os
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -45,15 +47,16 @@ def naive(store, rows, args) -> tuple[float, float, float]:
     from voicefleet.model.synthesizer import LineRequest, Synthesizer
     from voicefleet.model.text.frontend import TextFrontend
     from voicefleet.tasks.render.line_qc import QCConfig
-    from voicefleet.tasks.render.pipeline import RenderSettings, SynthesizeLines, line_settings, mark_line
     from voicefleet.tasks.render.plan import VoiceAuthorizer, line_seed
     from voicefleet.tasks.render.postprocess import postprocess
+    from voicefleet.tasks.render.render_actor import SynthesizeLines, mark_line
+    from voicefleet.tasks.render.settings import RenderSettings, line_settings
 
     torch.set_num_threads(args.threads)
     auth = VoiceAuthorizer(store, "user:bench")
     settings = RenderSettings(max_tokens_per_phone=args.max_tokens_per_phone, qc=QCConfig(mode=args.qc))
     loader = SynthesizeLines.__new__(SynthesizeLines)  # reuse the actor's voice loading, no Ray
-    loader.store, loader.settings = store, settings
+    loader.store, loader.settings, loader.model_lock = store, settings, threading.Lock()
     loader.records = {v: auth(v).record for v in {r["voice_id"] for r in rows}}
     loader.synth = Synthesizer(TextFrontend(), device=args.device, max_batch=1)
     voices = {v: loader._load(v, str(loader.records[v].version)) for v in loader.records}
@@ -70,20 +73,21 @@ def naive(store, rows, args) -> tuple[float, float, float]:
     return time.perf_counter() - t0 - post_s, audio, post_s
 
 
-def pipeline(store, script, actors, args) -> tuple[float, float, int]:
+def pipeline(store, script, actors, overlap, args) -> tuple[float, float, int]:
     from voicefleet.tasks.cluster.runtime import Resources
     from voicefleet.tasks.render.job_index import compact, job_totals
     from voicefleet.tasks.render.line_qc import QCConfig
-    from voicefleet.tasks.render.pipeline import RenderSettings, render_lines
+    from voicefleet.tasks.render.pipeline import render_lines
     from voicefleet.tasks.render.plan import plan_script, write_todo
+    from voicefleet.tasks.render.settings import RenderSettings
 
-    job = f"bench-{actors}-{int(time.time())}"
+    job = f"bench-{actors}-{overlap}-{int(time.time())}"
     settings = RenderSettings(actors=actors, batch_size=args.batch_size, max_tokens_per_phone=args.max_tokens_per_phone,
                               resources=Resources(num_cpus=args.threads, num_gpus=args.num_gpus),
-                              qc=QCConfig(mode=args.qc))
+                              qc=QCConfig(mode=args.qc), post_overlap=overlap)
     t0 = time.perf_counter()
     plan = plan_script(script, store, "user:bench")
-    todo = write_todo(plan, store, job, 1)
+    todo = write_todo(plan, store, job, 1, actors=actors, batch_size=args.batch_size)
     counts = render_lines(store, job, todo.keys, plan.decisions, settings, 1)
     compact(store, job)
     seconds = time.perf_counter() - t0
@@ -104,6 +108,9 @@ def main() -> None:
     ap.add_argument("--max-tokens-per-phone", type=float, default=2.5)
     ap.add_argument("--qc", default="off", help="per-line QC in the pipeline: off (default: the naive loop has none), "
                     "auto, report or enforce")
+    ap.add_argument("--overlap", default="1", help="post_overlap values to run the pipeline with (0: each batch "
+                    "checked and encoded before the next is synthesised; 1: the default, one batch finished on the "
+                    "actor's finishing thread while the next synthesises)")
     ap.add_argument("--plan-sizes", default="100000,1000000", help="lines to plan for the memory figure ('' skips)")
     args = ap.parse_args()
     os.environ.setdefault("VOICEFLEET_DASHBOARD", "0")
@@ -138,9 +145,11 @@ def main() -> None:
           f"({ap_s:.1f} s)")
     ensure_ray(num_cpus=args.threads * max(int(x) for x in args.actors.split(",")) + 1)
     for actors in [int(x) for x in args.actors.split(",")]:
-        b_s, b_audio, ok = pipeline(store, script, actors, args)
-        print(f"(b) pipeline x{actors}     {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  ({b_s:.1f} s)  "
-              f"ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}, (b)/(a+) {(ok / b_s) / (args.lines / ap_s):.2f}")
+        for overlap in [int(x) for x in args.overlap.split(",")]:
+            b_s, b_audio, ok = pipeline(store, script, actors, overlap, args)
+            print(f"(b) pipeline x{actors} overlap {overlap}  {ok / b_s:7.2f} lines/s  {b_audio / b_s:7.2f} audio s/s  "
+                  f"({b_s:.1f} s)  ratio (b)/(a) lines/s {(ok / b_s) / (args.lines / a_s):.2f}, "
+                  f"(b)/(a+) {(ok / b_s) / (args.lines / ap_s):.2f}")
     plan_figures(args, tmp)
 
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from voicefleet.flows.demo.enrollment import EN_ENROLL
+from voicefleet.flows.demo.sentences import EN_ENROLL
 from voicefleet.model.config import GPTConfig, SoVITSConfig
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.sovits import SynthesizerTrn

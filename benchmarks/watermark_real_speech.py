@@ -8,11 +8,16 @@ PATH (``apt-get install espeak-ng flite``), two voices each. The pip TTS voices 
 are covered by benchmarks/watermark_robustness.py.
 
 Every clip is brought to 32 kHz (the rate voicefleet renders and marks at). Per transformation
-(tests/audio_transforms.py) it prints, for the clean clips and for the same clips once marked:
-windows scored (2 s, hop 1 s), windows at or above the threshold, the clip's verdict (best window)
-and the best / lowest window score. "trim to 3 s" is done at every 3 s offset of each clip, and
-those excerpts are counted instead of windows. Windows quieter than 30 dB under the clip's loudest
-window are counted apart ("quiet"): perth's mark rides on the speech, so silence carries none.
+(tests/audio_transforms.py: codecs, gain, trim; tempo +-5 / +-10 %, pitch +-1 / +-2 semitones, speed
++-5 / +-10 %) it prints, for the clean clips and for the same clips once marked: windows scored
+(2 s, hop 1 s), windows at or above the threshold, the clip's verdict as it is and the best / lowest
+window score; then over watermark.py's grid (every window of every copy shifted back by a step of
+`SEMITONE_GRID`, as `detect` reads a clip that is not marked as it is; one that is is not read
+further): windows flagged / windows scored over all steps, the best score and the step it was read
+at, and the verdict `detect` gives (a copy is marked where `MARKED_SHARE` of its windows are, or, as
+it is, where one window reaches `LONE_WINDOW`). "trim to 3 s" is done at every 3 s offset of each
+clip, and those excerpts are counted instead of windows. Windows quieter than 30 dB under the clip's
+loudest window are counted apart ("quiet"): perth's mark rides on the speech, so silence carries none.
 Then per clip: SNR of the mark (marked - original) and DNSMOS SIG / BAK / OVRL / P.808 of the
 original and the marked audio (speechmos, 16 kHz; ``--no-dnsmos`` skips it).
 
@@ -32,13 +37,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import human_speech  # noqa: E402
-from audio_transforms import TRANSFORMS, trim  # noqa: E402
+from audio_transforms import RETIMING, TRANSFORMS, trim  # noqa: E402
 
 from voicefleet.tasks.measure.audio import load_audio, resample  # noqa: E402
 from voicefleet.tasks.safety import watermark  # noqa: E402
 
 SR = 32000
 QUIET_DB = 30.0
+ROWS = {**TRANSFORMS, **RETIMING}
 SENTENCES = ["The museum has a new exhibit about ancient maps, and the children loved it.",
              "Please put the green folder on the top shelf, next to the old maps."]
 
@@ -74,29 +80,40 @@ def excerpts(audio: np.ndarray, sr: int, seconds: float = 3.0) -> list[np.ndarra
     return [trim(seconds, start / sr)(audio, sr)[0] for start in range(0, max(1, len(audio) - n + 1), n)]
 
 
-def score(audio: np.ndarray, transform: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, quiet flags) per window, or per 3 s excerpt for the trim."""
+def score(audio: np.ndarray, transform: str, semitones: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, quiet flags) per window, or per 3 s excerpt for the trim, read `semitones` shifted back."""
     if transform.startswith("trim"):
         parts = excerpts(audio, SR)
         loud = max(float(np.sqrt(np.mean(p ** 2))) for p in parts)
-        return (np.array([watermark.detect(p, SR).score for p in parts]),
+        return (np.array([np.nanmax(watermark.window_scores(p, SR, semitones), initial=0.0) for p in parts]),
                 np.array([20 * np.log10(np.sqrt(np.mean(p ** 2)) / loud + 1e-10) < -QUIET_DB for p in parts]))
-    x, r = TRANSFORMS[transform](audio, SR)
-    q = quiet(resample(x, r, SR) if r != SR else x, SR)
-    return watermark.window_scores(x, r), q
+    x, r = ROWS[transform](audio, SR)
+    x = resample(x, r, SR) if r != SR else x
+    back = watermark._shifted_back(x, semitones)
+    return watermark.window_scores(back, SR), quiet(back, SR)
 
 
 def table(title: str, clips: dict[str, np.ndarray]) -> None:
     th = watermark.THRESHOLD
     print(f"\n{title}\n{'clip':36} {'transformation':22} {'verdict':>8} {'flagged/units':>14} "
-          f"{'quiet flagged':>14} {'best':>8} {'lowest loud':>12}")
+          f"{'quiet flagged':>14} {'best':>8} {'lowest loud':>12} | {'grid flagged':>13} {'grid best':>9} "
+          f"{'at st':>6} {'detect':>7}")
     for name, audio in clips.items():
-        for transform in TRANSFORMS:
-            s, q = score(audio, transform)
+        for transform in ROWS:
+            by_step = {0.0: score(audio, transform)}
+            as_is = watermark._presence(by_step[0.0][0], 0.0).present
+            if not as_is:  # as detect: the grid is read only when the audio as it is reads clean
+                by_step.update({g: score(audio, transform, g) for g in watermark.SEMITONE_GRID if g != 0})
+            s, q = by_step[0.0]
             loud = s[~q] if (~q).any() else s
-            print(f"{name:36} {transform:22} {'MARKED' if s.max() >= th else 'clean':>8} "
+            flagged = sum(int((np.nan_to_num(v) >= th).sum()) for v, _ in by_step.values())
+            units = sum(int(np.isfinite(v).sum()) for v, _ in by_step.values())
+            at, best = max(((g, np.nanmax(v)) for g, (v, _) in by_step.items()), key=lambda t: (t[1], -abs(t[0])))
+            verdict = "MARKED" if any(watermark._presence(v, g).present for g, (v, _) in by_step.items()) else "clean"
+            print(f"{name:36} {transform:22} {'MARKED' if as_is else 'clean':>8} "
                   f"{int((s[~q] >= th).sum()):>6}/{int((~q).sum()):<7} {int((s[q] >= th).sum()):>6}/{int(q.sum()):<7} "
-                  f"{s.max():8.3g} {loud.min():12.3g}", flush=True)
+                  f"{s.max():8.3g} {loud.min():12.3g} | {flagged:>5}/{units:<7} {best:9.3g} {at:+6.1f} {verdict:>7}",
+                  flush=True)
 
 
 def dnsmos(audio: np.ndarray) -> dict[str, float]:

@@ -3,9 +3,11 @@
     voicefleet enroll SRC            flows/commands/enroll.py
     voicefleet render SCRIPT         flows/commands/render.py
     voicefleet voices ...            flows/commands/voices.py   (list, show, rollback, grant, revoke, withdraw)
+    voicefleet consent ...           flows/commands/consent.py  (approve, reinstate: an admin's decisions)
     voicefleet jobs ...              flows/commands/jobs.py     (show, compact, report)
     voicefleet audit | principal | watermark   flows/commands/safety.py
     voicefleet demo                  flows/commands/demo.py
+    voicefleet pretrained pull       flows/commands/pretrained.py (official weights from the Hugging Face Hub)
 
 Exit codes are decided in one place, flows/commands/exits.py (0 ok, 1 internal, 2 bad input,
 3 not found, 4 partial or refused, 5 busy).
@@ -25,12 +27,14 @@ import sys  # noqa: E402
 
 import typer  # noqa: E402
 
-from .commands import demo, enroll, jobs, render, safety, voices  # noqa: E402
+from .commands import consent, demo, enroll, jobs, pretrained, render, safety, voices  # noqa: E402
 
 app = typer.Typer(help="voicefleet: voice cloning at scale (GPT-SoVITS v2 on Ray + Prefect).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(voices.app, name="voices")
+app.add_typer(consent.app, name="consent")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(pretrained.app, name="pretrained")
 app.command()(enroll.enroll)
 app.command()(render.render)
 app.command()(demo.demo)

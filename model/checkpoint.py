@@ -3,7 +3,8 @@
 - GPT `.ckpt`: {"weight": state dict with keys prefixed `model.` (fp16), "config": s1 yaml dict, "info"}.
 - SoVITS `.pth`: {"weight": state dict without `enc_q.*` (fp16), "config": s2 json, "info"}. Files
   written by the reference trainer pickle the config as a `utils.HParams` object; v2Pro/v3/v4 files
-  replace the zip's leading `PK` with a two-byte version tag.
+  replace the zip's leading `PK` with a two-byte version tag (v2Pro `05`, v2ProPlus `06`; we write it too).
+- discriminator `s2D*.pth`: {"weight": state dict}; sv model (v2Pro): a bare ERes2NetV2 state dict.
 
 Loading never unpickles arbitrary objects: `torch.load(weights_only=True)` with exactly one extra
 class allowed, `utils.HParams`, mapped to a plain attribute bag. Every key must load with its exact
@@ -12,6 +13,7 @@ absent from a SoVITS file.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,14 +24,17 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import GPTConfig, SoVITSConfig
+from .config import PRO_VERSIONS, SOVITS_VERSIONS, GPTConfig, SoVITSConfig
+from .discriminator import MultiPeriodDiscriminator
 from .gpt import Text2SemanticDecoder
 from .sovits import SynthesizerTrn
+from .sv import ERes2NetV2
 
 GPT_PREFIX = "model."
 # two-byte tags that replace "PK" at the start of newer SoVITS files (reference: process_ckpt.py)
 SOVITS_TAGS = {b"00": "v1", b"01": "v2", b"02": "v3", b"03": "v3-lora", b"04": "v4-lora",
                b"05": "v2Pro", b"06": "v2ProPlus"}
+VERSION_TAGS = {v: k for k, v in SOVITS_TAGS.items()}
 
 
 class CheckpointError(ValueError):
@@ -43,12 +48,23 @@ class HParamsStandIn:
         self.__dict__.update(kwargs)
 
 
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, HParamsStandIn):
-        return {k: _to_plain(v) for k, v in vars(obj).items()}
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
+MAX_CONFIG_DEPTH = 32  # official configs nest 3 levels; deeper is a crafted file
+
+
+def _to_plain(obj: Any, path: str = "checkpoint", ancestors: tuple[int, ...] = ()) -> Any:
+    """HParams -> dicts, all the way down; a config that contains itself or nests absurdly is refused."""
+    if not isinstance(obj, (HParamsStandIn, dict, list, tuple)):
+        return obj
+    if id(obj) in ancestors:
+        raise CheckpointError(f"refused to load checkpoint: {path} refers back to a value that contains it "
+                              "(a self-referencing config)")
+    if len(ancestors) >= MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"refused to load checkpoint: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
+    inner = (*ancestors, id(obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v, f"{path}[{i}]", inner) for i, v in enumerate(obj))
+    items = vars(obj).items() if isinstance(obj, HParamsStandIn) else obj.items()
+    return {k: _to_plain(v, f"{path}.{k}", inner) for k, v in items}
 
 
 Source = str | os.PathLike | bytes | BinaryIO
@@ -63,6 +79,14 @@ def _read(source: Source) -> bytes:
         return f.read()
 
 
+def _weights_only_load(data: bytes, allowed: list) -> Any:
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError on a bad zip, ...
+        raise CheckpointError(f"refused to load checkpoint: {str(e).splitlines()[0]}") from e
+
+
 def safe_torch_load(data: bytes) -> tuple[dict, str | None]:
     """Load a torch zip checkpoint with weights_only=True; returns (object, version tag or None)."""
     tag = None
@@ -71,11 +95,7 @@ def safe_torch_load(data: bytes) -> tuple[dict, str | None]:
             raise CheckpointError(f"not a torch checkpoint (starts with {data[:2]!r}, expected b'PK' or a version tag)")
         tag = SOVITS_TAGS[data[:2]]
         data = b"PK" + data[2:]
-    try:
-        with torch.serialization.safe_globals([(HParamsStandIn, "utils.HParams")]):
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError on a bad zip, ...
-        raise CheckpointError(f"refused to load checkpoint: {str(e).splitlines()[0]}") from e
+    obj = _weights_only_load(data, [(HParamsStandIn, "utils.HParams")])
     if not isinstance(obj, dict) or "weight" not in obj:
         raise CheckpointError("checkpoint has no 'weight' entry (expected {'weight', 'config', 'info'})")
     return _to_plain(obj), tag
@@ -118,7 +138,7 @@ def load_gpt(source: Source) -> Loaded:
 
 def gpt_from_checkpoint(ckpt: dict) -> Loaded:
     cfg = GPTConfig.from_official(ckpt["config"])
-    state = {k[len(GPT_PREFIX):] if k.startswith(GPT_PREFIX) else k: v for k, v in ckpt["weight"].items()}
+    state = {k.removeprefix(GPT_PREFIX): v for k, v in ckpt["weight"].items()}
     model = Text2SemanticDecoder(cfg)
     _load_strict(model, state)
     return Loaded(model.eval(), cfg, ckpt.get("info"))
@@ -137,21 +157,46 @@ def save_gpt(model: Text2SemanticDecoder, path_or_file, info: str = "voicefleet"
 
 # ---------------------------------------------------------------- SoVITS
 def load_sovits(source: Source, with_posterior: bool | None = None) -> Loaded:
-    """Load a SoVITS `.pth`. `with_posterior=None` builds `enc_q` only if the file has it."""
+    """Load a SoVITS `.pth` (v2, v2Pro or v2ProPlus). `with_posterior=None` builds `enc_q` only if the
+    file has it. The version comes from the file's two-byte tag, else from its weights and config."""
     ckpt, tag = safe_torch_load(_read(source))
-    return sovits_from_checkpoint(ckpt, tag or "v2", with_posterior)
+    return sovits_from_checkpoint(ckpt, tag, with_posterior)
 
 
-def sovits_from_checkpoint(ckpt: dict, version: str = "v2", with_posterior: bool | None = None) -> Loaded:
-    weight = ckpt["weight"]
-    if version != "v2":
-        raise CheckpointError(f"SoVITS {version} checkpoints are not supported (voicefleet implements v2)")
+def _sovits_version(ckpt: dict, tag: str | None) -> str:
+    weight, config = ckpt["weight"], ckpt.get("config") or {}
     emb = weight.get("enc_p.text_embedding.weight")
-    if emb is not None and emb.shape[0] != 732:
-        raise CheckpointError(f"SoVITS v1 checkpoint (text embedding of {emb.shape[0]} symbols); v2 has 732")
-    if any(k.startswith(("sv_emb.", "ge_to512.")) for k in weight):
-        raise CheckpointError("SoVITS v2Pro checkpoints are not supported (voicefleet implements v2)")
-    cfg = SoVITSConfig.from_official(ckpt["config"])
+    if tag == "v1" or (emb is not None and emb.shape[0] != 732):
+        n = "" if emb is None else f" (text embedding of {emb.shape[0]} symbols; v2 has 732)"
+        raise CheckpointError(f"SoVITS v1 checkpoint{n}: not supported (voicefleet implements {', '.join(SOVITS_VERSIONS)})")
+    if tag is not None and tag not in SOVITS_VERSIONS:
+        raise CheckpointError(f"SoVITS {tag} checkpoints are not supported (voicefleet implements {', '.join(SOVITS_VERSIONS)})")
+    has_sv = any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weight)
+    said = config.get("version") or (config.get("model") or {}).get("version")
+    if tag is None:  # untagged: a v2 file, or a pretrained base (the reference knows those by md5)
+        if not has_sv:
+            tag = "v2"
+        elif said in PRO_VERSIONS:
+            tag = said
+        else:
+            pre = weight.get("dec.conv_pre.weight")
+            tag = "v2ProPlus" if pre is not None and pre.shape[0] == SoVITSConfig.v2proplus().upsample_initial_channel \
+                else "v2Pro"
+    if said in SOVITS_VERSIONS and said != tag and (said in PRO_VERSIONS or tag in PRO_VERSIONS):
+        raise CheckpointError(f"SoVITS file is tagged {tag} but its config says {said}")
+    if has_sv != (tag in PRO_VERSIONS):
+        held = "v2Pro weights (sv_emb/prelu/ge_to512)" if has_sv else "weights without the v2Pro speaker-embedding layers"
+        raise CheckpointError(f"SoVITS file says {tag} but holds {held}")
+    return tag
+
+
+def sovits_from_checkpoint(ckpt: dict, version: str | None = None, with_posterior: bool | None = None) -> Loaded:
+    """`version`: the file's tag (None: untagged, read from the weights and config)."""
+    version = _sovits_version(ckpt, version)
+    weight = ckpt["weight"]
+    config = ckpt.get("config")
+    cfg = SoVITSConfig.from_official(config) if config else SoVITSConfig.for_version(version)
+    cfg = dataclasses.replace(cfg, version=version)
     has_q = any(k.startswith("enc_q.") for k in weight)
     model = SynthesizerTrn(cfg, with_posterior=has_q if with_posterior is None else with_posterior)
     _load_strict(model, weight, optional_prefix="enc_q.")
@@ -165,10 +210,53 @@ def sovits_checkpoint(model: SynthesizerTrn, info: str = "voicefleet", dtype: to
     return {"weight": weight, "config": model.cfg.to_official(), "info": info}
 
 
+def sovits_bytes(ckpt: dict) -> bytes:
+    """The file the reference exporter writes: a torch zip; for v2Pro/v2ProPlus its leading `PK`
+    replaced by the version tag (`05` / `06`), which the official loaders read to pick the model."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getvalue()
+    version = ckpt["config"].get("version", "v2")
+    return VERSION_TAGS[version] + data[2:] if version in PRO_VERSIONS else data
+
+
 def save_sovits(model: SynthesizerTrn, path_or_file, info: str = "voicefleet",
                 dtype: torch.dtype | None = torch.float16, with_posterior: bool = False) -> None:
     """Official layout with a plain-dict config (the reference loaders accept both)."""
-    torch.save(sovits_checkpoint(model, info, dtype, with_posterior), path_or_file)
+    data = sovits_bytes(sovits_checkpoint(model, info, dtype, with_posterior))
+    if hasattr(path_or_file, "write"):
+        path_or_file.write(data)
+    else:
+        with open(path_or_file, "wb") as f:
+            f.write(data)
+
+
+# ---------------------------------------------------------------- discriminator
+def load_discriminator(source: Source, version: str = "v2", channels_div: int = 1) -> dict[str, torch.Tensor]:
+    """A pretrained `s2D*.pth` ({"weight": state dict}) checked key by key and shape by shape against
+    the discriminator `version` fine-tunes with (v2Pro/v2ProPlus add periods 17 and 23)."""
+    ckpt, _ = safe_torch_load(_read(source))
+    periods = dataclasses.replace(SoVITSConfig(), version=version).disc_periods
+    _load_strict(MultiPeriodDiscriminator(channels_div, periods=periods), ckpt["weight"])
+    return ckpt["weight"]
+
+
+# ---------------------------------------------------------------- speaker verification (v2Pro)
+def load_sv(source: Source, model: ERes2NetV2 | None = None) -> ERes2NetV2:
+    """The v2Pro speaker-verification model (`sv/pretrained_eres2netv2w24s4ep4.ckpt`): a bare state dict,
+    loaded with weights_only into the official ERes2NetV2 (w24 s4 e4) or `model`, every key with its
+    exact shape (BatchNorm counters included), nothing left over."""
+    state = _weights_only_load(_read(source), [])
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("speaker-verification checkpoint is not a bare state dict of tensors")
+    model = model if model is not None else ERes2NetV2()
+    _load_strict(model, state)
+    return model.float().eval()
+
+
+def save_sv(model: ERes2NetV2, path_or_file) -> None:
+    """The official layout: the bare float32 state dict."""
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path_or_file)
 
 
 # ---------------------------------------------------------------- safetensors
@@ -190,4 +278,4 @@ def load_gpt_safetensors(data: bytes) -> Loaded:
 
 
 def load_sovits_safetensors(data: bytes, with_posterior: bool | None = None) -> Loaded:
-    return sovits_from_checkpoint(from_safetensors(data), "v2", with_posterior)
+    return sovits_from_checkpoint(from_safetensors(data), None, with_posterior)

@@ -11,6 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+PRO_VERSIONS = ("v2Pro", "v2ProPlus")
+SOVITS_VERSIONS = ("v2", *PRO_VERSIONS)
+
 
 @dataclass
 class GPTConfig:
@@ -33,15 +36,15 @@ class GPTConfig:
     max_sec: int = 54  # data.max_sec: longest utterance seen in training
 
     @classmethod
-    def v2(cls) -> "GPTConfig":
+    def v2(cls) -> GPTConfig:
         return cls()
 
     @classmethod
-    def tiny(cls) -> "GPTConfig":
+    def tiny(cls) -> GPTConfig:
         return cls(embedding_dim=48, hidden_dim=48, n_head=2, n_layer=2, linear_units=96)
 
     @classmethod
-    def from_official(cls, cfg: dict[str, Any]) -> "GPTConfig":
+    def from_official(cls, cfg: dict[str, Any]) -> GPTConfig:
         m = cfg["model"]
         kw = dict(
             phoneme_vocab_size=m["phoneme_vocab_size"], vocab_size=m["vocab_size"], eos=m["EOS"],
@@ -114,6 +117,7 @@ class SoVITSConfig:
     mrte_heads: int = 4
     flow_layers: int = 4  # WN layers per coupling
     posterior_layers: int = 16
+    sv_dim: int = 20480  # v2Pro: width of the speaker-verification embedding (ERes2NetV2 2048 x 10)
     disc_channels_div: int = 1  # discriminator width divisor (training only)
     # training (s2.json "train")
     segment_size: int = 20480
@@ -127,6 +131,16 @@ class SoVITSConfig:
     version: str = "v2"
 
     @property
+    def is_pro(self) -> bool:
+        """v2Pro / v2ProPlus: the style vector also takes a speaker-verification embedding."""
+        return self.version in PRO_VERSIONS
+
+    @property
+    def disc_periods(self) -> tuple[int, ...]:
+        """Periods of the multi-period discriminator used to fine-tune this version."""
+        return (2, 3, 5, 7, 11, 17, 23) if self.is_pro else (2, 3, 5, 7, 11)
+
+    @property
     def spec_channels(self) -> int:
         return self.filter_length // 2 + 1
 
@@ -138,11 +152,39 @@ class SoVITSConfig:
         return out
 
     @classmethod
-    def v2(cls) -> "SoVITSConfig":
+    def v2(cls) -> SoVITSConfig:
         return cls()
 
     @classmethod
-    def tiny(cls) -> "SoVITSConfig":
+    def v2pro(cls) -> SoVITSConfig:
+        """s2v2Pro.json: v2 with gin 1024 (style vector + speaker embedding) and no dropout."""
+        return cls(gin_channels=1024, p_dropout=0.0, version="v2Pro")
+
+    @classmethod
+    def v2proplus(cls) -> SoVITSConfig:
+        """s2v2ProPlus.json: v2Pro with a wider decoder (768 channels, first upsampling kernel 20)."""
+        return cls(gin_channels=1024, p_dropout=0.0, upsample_initial_channel=768,
+                   upsample_kernel_sizes=[20, 16, 8, 2, 2], version="v2ProPlus")
+
+    @classmethod
+    def for_version(cls, version: str) -> SoVITSConfig:
+        """Official sizes of a supported SoVITS version ("v2", "v2Pro", "v2ProPlus")."""
+        makers = {"v2": cls.v2, "v2Pro": cls.v2pro, "v2ProPlus": cls.v2proplus}
+        if version not in makers:
+            raise ValueError(f"unsupported SoVITS version {version!r}; supported: {', '.join(makers)}")
+        return makers[version]()
+
+    @classmethod
+    def tiny(cls, version: str = "v2") -> SoVITSConfig:
+        """A few hundred thousand parameters; `version` v2Pro/v2ProPlus adds the speaker-embedding path
+        (its embedding is `sv_dim` 1280 wide, what `sv.ERes2NetV2.tiny()` produces)."""
+        if version != "v2":
+            extra = {"version": version, "sv_dim": 1280, "p_dropout": 0.0}
+            if version == "v2ProPlus":
+                extra.update(upsample_initial_channel=48, upsample_kernel_sizes=[20, 16, 8, 2, 2])
+            elif version != "v2Pro":
+                raise ValueError(f"unsupported SoVITS version {version!r}")
+            return dataclasses.replace(cls.tiny(), **extra)
         return cls(
             inter_channels=16, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=2,
             resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], upsample_initial_channel=32,
@@ -151,7 +193,7 @@ class SoVITSConfig:
         )
 
     @classmethod
-    def from_official(cls, hps: dict[str, Any]) -> "SoVITSConfig":
+    def from_official(cls, hps: dict[str, Any]) -> SoVITSConfig:
         """From the s2 json (as a dict; HParams objects are converted by the checkpoint loader)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kw: dict[str, Any] = {}
@@ -170,7 +212,7 @@ class SoVITSConfig:
         """The config stored in a SoVITS `.pth`, shaped like the reference's s2.json."""
         extra = {}
         tiny_fields = ("ssl_dim", "codebook_size", "ref_spec_bins", "style_hidden", "mrte_hidden",
-                       "mrte_heads", "flow_layers", "posterior_layers", "disc_channels_div")
+                       "mrte_heads", "flow_layers", "posterior_layers", "disc_channels_div", "sv_dim")
         default = SoVITSConfig()
         for name in tiny_fields:
             if getattr(self, name) != getattr(default, name):

@@ -20,6 +20,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from .multi_lora import lora_delta
 from .torchscript import for_device
 
 
@@ -63,22 +64,30 @@ class StepWeights:
         self.position.copy_(self._position())
 
     def run(self, x: torch.Tensor, K: list[torch.Tensor], V: list[torch.Tensor], S: int,
-            at: torch.Tensor | None, at_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
-        return for_device(layers_step, x.device)(x, self.tensors, self.packed, self.eps, K, V, S, at, at_pos, mask)
+            at: torch.Tensor | None, at_pos: int, mask: torch.Tensor | None,
+            lora: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        return for_device(layers_step, x.device)(x, self.tensors, self.packed, self.eps, K, V, S, at, at_pos, mask,
+                                                 lora or [])
 
 
 def _linear(x: torch.Tensor, w: List[torch.Tensor], packed: List[torch.classes.quantized.LinearPackedParamsBase],
-            j: int) -> torch.Tensor:
+            j: int, lora: List[torch.Tensor]) -> torch.Tensor:
     if len(packed) > 0:
-        return torch.ops.quantized.linear_dynamic(x, packed[j], True)  # reduce_range, as fbgemm's module does
-    return F.linear(x, w[2 * j], w[2 * j + 1])
+        y = torch.ops.quantized.linear_dynamic(x, packed[j], True)  # reduce_range, as fbgemm's module does
+    else:
+        y = F.linear(x, w[2 * j], w[2 * j + 1])
+    if len(lora) > 0 and j > 0:  # per-row LoRA on out_proj, linear1, linear2 (model/multi_lora.py)
+        b = x.shape[0]
+        y = y + lora_delta(x.unsqueeze(1), lora[2 * j - 2][:b], lora[2 * j - 1][:b]).squeeze(1)
+    return y
 
 
 def layers_step(x: torch.Tensor, tensors: List[List[torch.Tensor]],
                 packed: List[List[torch.classes.quantized.LinearPackedParamsBase]], eps: List[float],
                 K: List[torch.Tensor], V: List[torch.Tensor], S: int, at: Optional[torch.Tensor], at_pos: int,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
+                mask: Optional[torch.Tensor], lora: List[List[torch.Tensor]]) -> torch.Tensor:
     """Every post-norm layer for one new token per row. x (b, C); K[i], V[i] (B, H, S_buf, D) caches.
+    `lora[i]`: layer i's per-slot LoRA factors (B, in, r) / (B, r, out), or no list at all (one voice).
 
     Row r's key/value go to its cache position: `at` (b, H, 1, D) holds cur_len[r] per row, or,
     when `at` is None, every row writes at `at_pos`. Attention reads positions [0, S), under
@@ -88,9 +97,10 @@ def layers_step(x: torch.Tensor, tensors: List[List[torch.Tensor]],
     for i in range(len(tensors)):
         w = tensors[i]
         p = packed[i] if len(packed) > 0 else torch.jit.annotate(List[torch.classes.quantized.LinearPackedParamsBase], [])
+        lo = lora[i] if len(lora) > 0 else torch.jit.annotate(List[torch.Tensor], [])
         Ki, Vi = K[i][:b, :, :S], V[i][:b, :, :S]
         H = Ki.shape[1]
-        qkv = _linear(x, w, p, 0).view(b, 3, H, 1, C // H)
+        qkv = _linear(x, w, p, 0, lo).view(b, 3, H, 1, C // H)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         if at is None:
             Ki.select(2, at_pos).copy_(k.squeeze(2))
@@ -99,8 +109,8 @@ def layers_step(x: torch.Tensor, tensors: List[List[torch.Tensor]],
             Ki.scatter_(2, at, k)
             Vi.scatter_(2, at, v)
         y = F.scaled_dot_product_attention(q, Ki, Vi, attn_mask=mask).view(b, C)
-        x = F.layer_norm(_linear(y, w, p, 1) + x, [C], w[8], w[9], eps[2 * i])
-        h = torch.relu(_linear(x, w, p, 2))
-        x = F.layer_norm(_linear(h, w, p, 3) + x, [C], w[10], w[11], eps[2 * i + 1])
+        x = F.layer_norm(_linear(y, w, p, 1, lo) + x, [C], w[8], w[9], eps[2 * i])
+        h = torch.relu(_linear(x, w, p, 2, lo))
+        x = F.layer_norm(_linear(h, w, p, 3, lo) + x, [C], w[10], w[11], eps[2 * i + 1])
     return x
 

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GPTConfig
-from .engine import DecodeEngine, DecodeJob
+from .engine import DecodeEngine, DecodeJob, token_limit
 from .kv_cache import KVCache
+from .multi_lora import lora_delta
 from .sampler import RowParams, SamplingParams, sample
 
 __all__ = ["GenerationResult", "SamplingParams", "Text2SemanticDecoder"]
@@ -92,16 +93,23 @@ class SelfAttention(nn.Module):
         return in_proj(x) if in_proj is not None else F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
-        # x (B, T, C); allowed (B, 1, T, S) bool, True where a query may attend to a key
+                layer: int = 0, lora: list[torch.Tensor] | None = None) -> torch.Tensor:
+        # x (B, T, C); allowed (B, 1, T, S) bool, True where a query may attend to a key;
+        # lora: this layer's per-row factors (model/multi_lora.py), or None
         B, T, C = x.shape
         q, k, v = self.project(x).chunk(3, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.append(layer, k, v)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p).transpose(1, 2).reshape(B, T, C)
+        return _adapted(self.out_proj, y, lora, 0)
+
+
+def _adapted(linear: nn.Module, x: torch.Tensor, lora: list[torch.Tensor] | None, j: int) -> torch.Tensor:
+    """linear(x) plus each row's LoRA delta when per-row factors are given (j: index of its A)."""
+    y = linear(x)
+    return y if lora is None else y + lora_delta(x, lora[j], lora[j + 1])
 
 
 class TransformerLayer(nn.Module):
@@ -116,9 +124,10 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, allowed, cache=None, layer=0):
-        x = self.norm1(x + self.dropout(self.self_attn(x, allowed, cache, layer)))
-        return self.norm2(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+    def forward(self, x, allowed, cache=None, layer=0, lora=None):
+        x = self.norm1(x + self.dropout(self.self_attn(x, allowed, cache, layer, lora)))
+        h = self.dropout(F.relu(_adapted(self.linear1, x, lora, 2)))
+        return self.norm2(x + self.dropout(_adapted(self.linear2, h, lora, 4)))
 
 
 class TransformerEncoder(nn.Module):
@@ -128,9 +137,9 @@ class TransformerEncoder(nn.Module):
             TransformerLayer(cfg.hidden_dim, cfg.n_head, cfg.linear_units, dropout) for _ in range(cfg.n_layer)
         )
 
-    def forward(self, x, allowed, cache: KVCache | None = None):
+    def forward(self, x, allowed, cache: KVCache | None = None, lora: list[list[torch.Tensor]] | None = None):
         for i, layer in enumerate(self.layers):
-            x = layer(x, allowed, cache, i)
+            x = layer(x, allowed, cache, i, None if lora is None else lora[i])
         if cache is not None:
             cache.advance(x.shape[1])
         return x
@@ -178,13 +187,15 @@ class Text2SemanticDecoder(nn.Module):
         allowed |= torch.eye(S, dtype=torch.bool, device=x_lens.device)[None]  # pads see themselves
         return allowed[:, None]
 
-    def prefill(self, phones, x_lens, bert, sem, y_lens, cache: KVCache | None = None) -> torch.Tensor:
-        """Run the [text | semantic] block; returns hidden states (B, Lx+Ly, C)."""
+    def prefill(self, phones, x_lens, bert, sem, y_lens, cache: KVCache | None = None,
+                lora: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """Run the [text | semantic] block; returns hidden states (B, Lx+Ly, C). `lora`: per layer,
+        each row's LoRA factors (`AdapterSet.gather`), for rows of different voices in one batch."""
         Lx, Ly = phones.shape[1], sem.shape[1]
         x = self.embed_text(phones, bert)
         if Ly:
             x = torch.cat([x, self.embed_semantic(sem)], dim=1)
-        return self.h(x, self.layout_mask(x_lens, y_lens, Lx, Ly), cache)
+        return self.h(x, self.layout_mask(x_lens, y_lens, Lx, Ly), cache, lora)
 
     # ---------------------------------------------------------------- training
     def forward(self, phones, x_lens, bert, sem, y_lens) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,14 +250,8 @@ class Text2SemanticDecoder(nn.Module):
         plist = params if isinstance(params, list) else [params or SamplingParams()] * B
         seeds = list(seeds or [0] * B)
         prompts = [q if q is not None else torch.zeros(0, dtype=torch.long) for q in prompts]
-        lim = []
-        for i, p in enumerate(plist):
-            n = p.max_new_tokens
-            if limits is not None:
-                n = min(n, int(limits[i]))
-            elif p.max_tokens_per_phone is not None:
-                n = min(n, max(p.min_new_tokens + 1, math.ceil(len(phones[i]) * p.max_tokens_per_phone)))
-            lim.append(n)
+        lim = [min(p.max_new_tokens, int(limits[i])) if limits is not None else token_limit(p, len(phones[i]))
+               for i, p in enumerate(plist)]
         if not use_cache:
             return self._generate_recompute(phones, bert, prompts, plist, seeds, lim)
         engine = engine or DecodeEngine(self, max_batch=max(B, 1))

@@ -1,9 +1,11 @@
-"""SoVITS ("s2") of GPT-SoVITS v2: semantic tokens + phones + reference timbre -> 32 kHz waveform.
+"""SoVITS ("s2") of GPT-SoVITS v2/v2Pro/v2ProPlus: semantic tokens + phones + reference timbre -> 32 kHz waveform.
 
 `SynthesizerTrn` assembles: `ssl_proj` + `quantizer` (SSL features -> 25 Hz tokens), `enc_p` (token
 content encoder, text encoder and MRTE), `ref_enc` (style vector from the reference spectrogram),
 `flow` (normalising flow), `dec` (HiFi-GAN generator) and, for training only, `enc_q` (posterior
 encoder over linear spectrograms). Attribute names are the official checkpoint's key prefixes.
+v2Pro/v2ProPlus add `sv_emb` + `prelu` (the speaker-verification embedding of the reference clip
+joins the style vector, gin 1024) and `ge_to512` (the style the text encoder takes).
 
 `decode` is batched: lines of different lengths are padded and masked so that each line's audio
 equals what it would be decoded alone (the generator masks every conv input, so padding never
@@ -18,8 +20,17 @@ from torch.nn.utils import weight_norm
 
 from . import attentions
 from .config import SoVITSConfig
-from .modules import (LRELU_SLOPE, WN, Flip, MelStyleEncoder, ResBlock1, ResBlock2,
-                      ResidualCouplingLayer, init_weights, sequence_mask)
+from .modules import (
+    LRELU_SLOPE,
+    WN,
+    Flip,
+    MelStyleEncoder,
+    ResBlock1,
+    ResBlock2,
+    ResidualCouplingLayer,
+    init_weights,
+    sequence_mask,
+)
 from .quantizer import ResidualVectorQuantizer
 
 
@@ -164,6 +175,10 @@ class SynthesizerTrn(nn.Module):
         stride = 2 if cfg.semantic_frame_rate == "25hz" else 1
         self.ssl_proj = nn.Conv1d(cfg.ssl_dim, cfg.ssl_dim, stride, stride=stride)
         self.quantizer = ResidualVectorQuantizer(dimension=cfg.ssl_dim, n_q=1, bins=cfg.codebook_size)
+        if cfg.is_pro:  # v2Pro / v2ProPlus: speaker-verification embedding joins the style vector
+            self.sv_emb = nn.Linear(cfg.sv_dim, cfg.gin_channels)
+            self.ge_to512 = nn.Linear(cfg.gin_channels, cfg.mrte_hidden)
+            self.prelu = nn.PReLU(num_parameters=cfg.gin_channels)
 
     @property
     def has_posterior(self) -> bool:
@@ -176,23 +191,53 @@ class SynthesizerTrn(nn.Module):
         return self.quantizer.encode(self.ssl_proj(ssl)).transpose(0, 1)
 
     # ---------------------------------------------------------------- style
-    def style(self, refer: torch.Tensor, refer_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Reference linear spectrogram (B, bins, T) -> style vector ge (B, gin, 1)."""
+    def style(self, refer: torch.Tensor | list[torch.Tensor], refer_lengths: torch.Tensor | None = None,
+              sv_emb: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Reference linear spectrogram (B, bins, T) -> style vector ge (B, gin, 1).
+
+        v2Pro/v2ProPlus also need the clip's speaker embedding `sv_emb` (B, sv_dim):
+        ge = PReLU(ref_enc(spec) + sv_emb Linear(sv_emb)). A list of spectrograms (with a list of
+        embeddings beside it) gives the mean of their style vectors, as the reference does for
+        several reference clips.
+        """
+        if isinstance(refer, (list, tuple)):
+            svs = sv_emb if sv_emb is not None else [None] * len(refer)
+            if len(svs) != len(refer):
+                raise ValueError(f"{len(refer)} reference spectrograms but {len(svs)} speaker embeddings")
+            return torch.stack([self.style(r, sv_emb=e) for r, e in zip(refer, svs)]).mean(0)
         if refer_lengths is None:
             refer_lengths = torch.full((refer.shape[0],), refer.shape[2], device=refer.device)
         mask = sequence_mask(refer_lengths, refer.size(2)).unsqueeze(1).to(refer.dtype)
-        return self.ref_enc(refer[:, : self.cfg.ref_spec_bins] * mask, mask)
+        return self._add_speaker(self.ref_enc(refer[:, : self.cfg.ref_spec_bins] * mask, mask), sv_emb)
+
+    def _add_speaker(self, ge: torch.Tensor, sv_emb: torch.Tensor | None) -> torch.Tensor:
+        if not self.cfg.is_pro:
+            if sv_emb is not None:
+                raise ValueError(f"SoVITS {self.cfg.version} takes no speaker embedding (only v2Pro/v2ProPlus do)")
+            return ge
+        if sv_emb is None:
+            raise ValueError(f"SoVITS {self.cfg.version} needs the reference clip's speaker embedding (sv_emb)")
+        sv_emb = sv_emb.reshape(-1, self.cfg.sv_dim).to(ge.dtype)
+        return self.prelu(ge + self.sv_emb(sv_emb).unsqueeze(-1))
+
+    def text_style(self, ge: torch.Tensor) -> torch.Tensor:
+        """The style the text encoder (MRTE) takes: ge itself, or for v2Pro ge_to512 across channels."""
+        if not self.cfg.is_pro:
+            return ge
+        return self.ge_to512(ge.transpose(1, 2)).transpose(1, 2)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: torch.Tensor | None = None,
+    def decode(self, codes: torch.Tensor, text: torch.Tensor, refer: torch.Tensor | list[torch.Tensor] | None = None,
                noise_scale: float | list[float] = 0.5, speed: float | list[float] = 1.0, *, ge: torch.Tensor | None = None,
+               sv_emb: torch.Tensor | list[torch.Tensor] | None = None,
                code_lengths: torch.Tensor | None = None, text_lengths: torch.Tensor | None = None,
                generator: list[torch.Generator] | None = None,
                precision: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Semantic codes (1, B, T25) + phones (B, Tt) + timbre -> (wav (B, 1, N), lengths (B,)).
 
-        Timbre is the reference spectrogram `refer` (1 or B rows) or a precomputed style `ge`.
+        Timbre is the reference spectrogram `refer` (1 or B rows, or a list of clips to average) with,
+        for v2Pro/v2ProPlus, its speaker embedding `sv_emb`; or a precomputed style `ge` (`style()`).
         Without lengths every line uses the full padded size (the reference code's single-line case).
         `generator` (one per line) makes the prior noise reproducible line by line.
         `precision` (torch.bfloat16 / float16) runs the text encoder and the decoder under autocast;
@@ -202,7 +247,7 @@ class SynthesizerTrn(nn.Module):
             return torch.autocast(codes.device.type, dtype=precision or torch.bfloat16, enabled=precision is not None)
         B = codes.shape[1]
         if ge is None:
-            ge = self.style(refer)
+            ge = self.style(refer, sv_emb=sv_emb)
         if ge.shape[0] != B:
             ge = ge.expand(B, -1, -1)
         if code_lengths is None:
@@ -214,7 +259,7 @@ class SynthesizerTrn(nn.Module):
             quantized = F.interpolate(quantized, size=quantized.shape[-1] * 2, mode="nearest")
         y_lengths = code_lengths * 2
         with half():
-            _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, ge, speed)
+            _, m_p, logs_p, y_mask = self.enc_p(quantized, y_lengths, text, text_lengths, self.text_style(ge), speed)
         if precision is not None:
             m_p, logs_p, y_mask = m_p.float(), logs_p.float(), y_mask.float()
         noise = torch.randn_like(m_p) if generator is None else torch.stack(
@@ -230,16 +275,18 @@ class SynthesizerTrn(nn.Module):
         return o, frames * self.cfg.total_upsample
 
     # ---------------------------------------------------------------- training
-    def forward(self, ssl, spec, spec_lengths, text, text_lengths, codes=None):
+    def forward(self, ssl, spec, spec_lengths, text, text_lengths, codes=None, sv_emb=None):
         """Teacher-forced pass for training.
 
         ssl (B, ssl_dim, T50) SSL features aligned with spec (B, bins, T50) linear spectrogram
         frames; returns the waveform slice for the segment, its frame ids, masks and the prior /
         posterior statistics the KL loss needs. With a frozen quantizer the semantic tokens
         `codes` (1, B, T25) can stand in for `ssl`: the codebook lookup is the same quantized input.
+        v2Pro/v2ProPlus take each utterance's speaker embedding `sv_emb` (B, sv_dim), as the reference
+        trainer does.
         """
         y_mask = sequence_mask(spec_lengths, spec.size(2)).unsqueeze(1).to(spec.dtype)
-        ge = self.ref_enc(spec[:, : self.cfg.ref_spec_bins] * y_mask, y_mask)
+        ge = self._add_speaker(self.ref_enc(spec[:, : self.cfg.ref_spec_bins] * y_mask, y_mask), sv_emb)
         with torch.autocast(device_type=spec.device.type, enabled=False):
             if codes is not None:
                 quantized, commit_loss = self.quantizer.decode(codes), spec.new_zeros(())
@@ -255,7 +302,7 @@ class SynthesizerTrn(nn.Module):
         quantized = quantized[..., : spec.shape[-1]]
         if quantized.shape[-1] < spec.shape[-1]:
             quantized = F.pad(quantized, (0, spec.shape[-1] - quantized.shape[-1]))
-        _, m_p, logs_p, _ = self.enc_p(quantized, spec_lengths, text, text_lengths, ge)
+        _, m_p, logs_p, _ = self.enc_p(quantized, spec_lengths, text, text_lengths, self.text_style(ge))
         z, m_q, logs_q, _ = self.enc_q(spec, spec_lengths, g=ge)
         z_p = self.flow(z, y_mask, g=ge)
         seg_frames = self.cfg.segment_size // self.cfg.hop_length

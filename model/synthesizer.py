@@ -7,6 +7,10 @@ audio; sentences are joined with a short pause. Every sentence of every line in 
 in shared batches (GPT rows sorted by length), and each sentence has its own seeded random stream,
 so a line renders identically alone or inside any batch. GPT decoding runs on a `DecodeEngine`
 (continuous batching, device-side sampling, CUDA graphs on CUDA) in the chosen precision.
+
+`synthesize_many` takes the lines of many voices: LoRA voices loaded over one shared base GPT
+(`load_voice(..., adapter=...)`) decode their GPT rows in shared batches, each row with its own
+voice's adapter (model/multi_lora.py); full fine-tunes decode per voice; SoVITS runs per voice.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import DecodeEngine, DecodeJob, DecodeOutput
+from .engine import DecodeEngine, DecodeJob, DecodeOutput, token_limit
 from .gpt import SamplingParams, Text2SemanticDecoder
+from .multi_lora import GPTAdapter
 from .quantize import quantize_gpt_int8
 from .sovits import SynthesizerTrn
 from .spectrogram import spectrogram
@@ -46,6 +51,9 @@ class VoicePrompt:
     ref_text: str
     ref_language: str
     prompt_tokens: np.ndarray  # semantic tokens of the clip (+ the reference's 0.6 s silent tail)
+    # v2Pro/v2ProPlus: the clip's speaker-verification embedding (sv_dim,), computed once per voice
+    # (model/sv.SpeakerEncoder on ref_wav_32k); None for v2
+    sv_emb: np.ndarray | None = None
 
 
 @dataclass
@@ -92,6 +100,7 @@ class LoadedVoice:
     prompt_bert: torch.Tensor  # (bert_dim, Lp)
     prompt_tokens: torch.Tensor  # (Tp,)
     ge: torch.Tensor  # (1, gin, 1) style vector of the reference clip
+    adapter: GPTAdapter | None = None  # a LoRA voice's GPT factors; `gpt` is then the shared base
 
 
 def ensure_final_punct(text: str, language: str) -> str:
@@ -157,6 +166,7 @@ class Synthesizer:
         self.sovits_batch = sovits_batch or (1 if self.device.type == "cpu" else max_batch)
         self.timings = {"gpt_s": 0.0, "sovits_s": 0.0}
         self._engine = None
+        self._bases: dict[int, tuple[Text2SemanticDecoder, Text2SemanticDecoder]] = {}  # id -> (given, converted)
 
     @property
     def half(self) -> torch.dtype | None:
@@ -164,21 +174,36 @@ class Synthesizer:
         return PRECISIONS[self.precision] if self.precision in ("bf16", "fp16") else None
 
     def load_voice(self, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, prompt: VoicePrompt,
-                   check_length: bool = True) -> LoadedVoice:
+                   check_length: bool = True, adapter: GPTAdapter | None = None) -> LoadedVoice:
+        """`adapter`: a LoRA voice's GPT factors over `gpt`, the shared base (unmerged, so its lines can
+        share GPT batches with other voices over the same base object in `synthesize_many`)."""
         seconds = len(prompt.ref_wav_32k) / sovits.cfg.sampling_rate
         if check_length and not REF_MIN_S <= seconds <= REF_MAX_S:
             raise ReferenceClipError(f"reference clip is {seconds:.2f} s; it must be {REF_MIN_S:g}–{REF_MAX_S:g} s")
-        gpt, sovits = gpt.to(self.device).eval(), sovits.to(self.device).eval()
-        if self.precision == "int8":
-            gpt = quantize_gpt_int8(gpt)
-        elif gpt.ar_predict_layer.weight.dtype != PRECISIONS[self.precision]:
-            gpt = copy.deepcopy(gpt).to(PRECISIONS[self.precision])  # the caller's model is left as it was
+        sovits = sovits.to(self.device).eval()
+        if adapter is not None:  # one converted base for all its voices
+            if id(gpt) not in self._bases:
+                self._bases[id(gpt)] = (gpt, self._convert(gpt))
+            gpt = self._bases[id(gpt)][1]
+        else:
+            gpt = self._convert(gpt)
         ids, bert, _ = self.frontend.features(ensure_final_punct(prompt.ref_text, prompt.ref_language),
                                               prompt.ref_language)
         with torch.no_grad():
-            ge = sovits.style(reference_spectrogram(prompt.ref_wav_32k, sovits).to(self.device))
+            sv = None if prompt.sv_emb is None else torch.as_tensor(
+                np.asarray(prompt.sv_emb), dtype=torch.float32).reshape(1, -1).to(self.device)
+            ge = sovits.style(reference_spectrogram(prompt.ref_wav_32k, sovits).to(self.device), sv_emb=sv)
         tokens = torch.as_tensor(np.asarray(prompt.prompt_tokens), dtype=torch.long)
-        return LoadedVoice(gpt, sovits, ids.long(), bert.float(), tokens, ge)
+        return LoadedVoice(gpt, sovits, ids.long(), bert.float(), tokens, ge, adapter)
+
+    def _convert(self, gpt: Text2SemanticDecoder) -> Text2SemanticDecoder:
+        """The GPT on this device in this precision (a copy when it changes; the caller's is kept)."""
+        gpt = gpt.to(self.device).eval()
+        if self.precision == "int8":
+            return quantize_gpt_int8(gpt)
+        if gpt.ar_predict_layer.weight.dtype != PRECISIONS[self.precision]:
+            return copy.deepcopy(gpt).to(PRECISIONS[self.precision])
+        return gpt
 
     def sentences(self, req: LineRequest) -> list[str]:
         pieces = self.frontend.split_sentences(req.text, method=req.settings.cut, language=req.language)
@@ -200,54 +225,68 @@ class Synthesizer:
     @torch.no_grad()
     def synthesize(self, voice: LoadedVoice, lines: list[LineRequest]) -> list[LineAudio | SynthesisError]:
         """Render lines with one voice; a line that fails yields its SynthesisError, the rest go on."""
-        jobs: list[DecodeJob] = []  # one per sentence, key (line index, sentence index, phone ids, settings)
-        results: list[LineAudio | SynthesisError | None] = [None] * len(lines)
-        per_line: dict[int, int] = {}
-        for li, req in enumerate(lines):
-            try:
-                sents = self.sentences(req)
-                feats = [self.frontend.features(s, req.language) for s in sents]
-            except Exception as e:  # noqa: BLE001 — one bad line must not stop the batch
-                results[li] = e if isinstance(e, SynthesisError) else SynthesisError(f"{type(e).__name__}: {e}")
-                continue
-            per_line[li] = len(sents)
-            s = req.settings
-            params = s.sampling()
-            for si, (ids, bert, _) in enumerate(feats):
-                ids = ids.long()
-                limit = max(params.min_new_tokens + 1, int(np.ceil(len(ids) * s.max_tokens_per_phone)))
-                jobs.append(DecodeJob(torch.cat([voice.prompt_phones, ids]),
-                                      torch.cat([voice.prompt_bert, bert.float()], dim=1), voice.prompt_tokens,
-                                      params, sentence_seed(s.seed, si), limit, key=(li, si, ids, s)))
-        jobs.sort(key=lambda j: -len(j.phones))  # longest first: the short ones fill the slots they free
-        outputs: dict[tuple[int, int], tuple[np.ndarray, int, bool]] = {}
-        self._gpt_and_sovits(voice, jobs, outputs)
-        sr = voice.sovits.cfg.sampling_rate
-        for li, n in per_line.items():
-            pause = np.zeros(int(lines[li].settings.pause_s * sr), dtype=np.float32)
-            parts, tokens, truncated = [], 0, False
-            for si in range(n):
-                wav, ntok, trunc = outputs[(li, si)]
-                parts.extend([wav, pause] if si < n - 1 else [wav])
-                tokens += ntok
-                truncated |= trunc
-            results[li] = LineAudio(np.concatenate(parts), sr, n, tokens, truncated)
+        return self.synthesize_many([(voice, lines)])[0]
+
+    @torch.no_grad()
+    def synthesize_many(self, work: list[tuple[LoadedVoice, list[LineRequest]]]
+                        ) -> list[list[LineAudio | SynthesisError]]:
+        """Render each voice's lines; returns the results per voice, in order. LoRA voices over the
+        same base decode their GPT rows in shared batches; any other voice decodes alone."""
+        jobs: dict[Any, list[DecodeJob]] = {}  # decode group -> one job per sentence
+        results: list[list[LineAudio | SynthesisError | None]] = [[None] * len(lines) for _, lines in work]
+        per_line: list[dict[int, int]] = [{} for _ in work]
+        for vi, (voice, lines) in enumerate(work):
+            group = ("base", id(voice.gpt)) if voice.adapter is not None else ("voice", vi)
+            for li, req in enumerate(lines):
+                try:
+                    sents = self.sentences(req)
+                    feats = [self.frontend.features(s, req.language) for s in sents]
+                except Exception as e:  # noqa: BLE001 — one bad line must not stop the batch
+                    results[vi][li] = e if isinstance(e, SynthesisError) else SynthesisError(f"{type(e).__name__}: {e}")
+                    continue
+                per_line[vi][li] = len(sents)
+                s = req.settings
+                params = s.sampling()
+                for si, (ids, bert, _) in enumerate(feats):
+                    ids = ids.long()
+                    jobs.setdefault(group, []).append(DecodeJob(
+                        torch.cat([voice.prompt_phones, ids]), torch.cat([voice.prompt_bert, bert.float()], dim=1),
+                        voice.prompt_tokens, params, sentence_seed(s.seed, si), token_limit(params, len(ids)),
+                        key=(vi, li, si, ids, s), adapter=vi if voice.adapter is not None else None))
+        outputs: dict[tuple[int, int, int], tuple[np.ndarray, int, bool]] = {}
+        for group in jobs.values():
+            group.sort(key=lambda j: -len(j.phones))  # longest first: the short ones fill the slots they free
+            self._gpt_and_sovits([v for v, _ in work], group, outputs)
+        for vi, (voice, lines) in enumerate(work):
+            sr = voice.sovits.cfg.sampling_rate
+            for li, n in per_line[vi].items():
+                pause = np.zeros(int(lines[li].settings.pause_s * sr), dtype=np.float32)
+                parts, tokens, truncated = [], 0, False
+                for si in range(n):
+                    wav, ntok, trunc = outputs[(vi, li, si)]
+                    parts.extend([wav, pause] if si < n - 1 else [wav])
+                    tokens += ntok
+                    truncated |= trunc
+                results[vi][li] = LineAudio(np.concatenate(parts), sr, n, tokens, truncated)
         return results
 
-    def _gpt_and_sovits(self, voice: LoadedVoice, jobs: list[DecodeJob], outputs: dict) -> None:
-        """GPT on the engine; every `sovits_batch` finished sentences go to SoVITS, by length."""
+    def _gpt_and_sovits(self, voices: list[LoadedVoice], jobs: list[DecodeJob], outputs: dict) -> None:
+        """GPT on the engine (with the jobs' adapters bound); every `sovits_batch` finished sentences
+        of a voice go to SoVITS, by length."""
         if not jobs:
             return
         t0 = time.perf_counter()
-        engine = self.engine(voice)
+        engine = self.engine(voices[jobs[0].key[0]])
+        mine = sorted({j.adapter for j in jobs if j.adapter is not None})
+        engine.bind_adapters({vi: voices[vi].adapter for vi in mine} if mine else None)
         overlap = self.device.type == "cuda"
         pool = ThreadPoolExecutor(max_workers=1) if overlap else None
         stream = torch.cuda.Stream(self.device) if overlap else None
-        pending: list = []
+        pending: dict[int, list[DecodeOutput]] = {}
         futures = []
         sovits_s = [0.0]
 
-        def decode(batch: list) -> None:
+        def decode(voice: LoadedVoice, batch: list) -> None:
             t = time.perf_counter()
             if stream is not None:
                 with torch.cuda.stream(stream):
@@ -257,22 +296,24 @@ class Synthesizer:
                 self._decode(voice, batch, outputs)
             sovits_s[0] += time.perf_counter() - t
 
-        def flush(final: bool = False) -> None:
-            pending.sort(key=lambda o: len(o.tokens))
-            while len(pending) >= self.sovits_batch or (final and pending):
-                batch = pending[: self.sovits_batch]
-                del pending[: self.sovits_batch]
+        def flush(vi: int, final: bool = False) -> None:
+            waiting = pending.get(vi, [])
+            waiting.sort(key=lambda o: len(o.tokens))
+            while len(waiting) >= self.sovits_batch or (final and waiting):
+                batch = waiting[: self.sovits_batch]
+                del waiting[: self.sovits_batch]
                 if pool is not None:
-                    futures.append(pool.submit(decode, batch))
+                    futures.append(pool.submit(decode, voices[vi], batch))
                 else:
-                    decode(batch)
+                    decode(voices[vi], batch)
 
         def on_done(o: DecodeOutput) -> None:
-            pending.append(o)
-            flush()
+            pending.setdefault(o.key[0], []).append(o)
+            flush(o.key[0])
 
         engine.run(jobs, on_done)
-        flush(final=True)
+        for vi in list(pending):
+            flush(vi, final=True)
         if pool is not None:
             for f in futures:
                 f.result()
@@ -284,22 +325,22 @@ class Synthesizer:
     def _decode(self, voice: LoadedVoice, batch: list[DecodeOutput], outputs: dict) -> None:
         dev = self.device
         tokens = [o.tokens for o in batch]
-        keys = [o.key for o in batch]  # (line index, sentence index, phone ids, settings)
+        keys = [o.key for o in batch]  # (voice index, line index, sentence index, phone ids, settings)
         lens = torch.tensor([max(len(t), 1) for t in tokens], device=dev)
         codes = torch.zeros(1, len(batch), int(lens.max()), dtype=torch.long, device=dev)
         for i, t in enumerate(tokens):
             codes[0, i, : len(t)] = t.to(dev)
-        text_lens = torch.tensor([len(k[2]) for k in keys], device=dev)
+        text_lens = torch.tensor([len(k[3]) for k in keys], device=dev)
         text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
         for i, k in enumerate(keys):
-            text[i, : len(k[2])] = k[2].to(dev)
-        gens = [torch.Generator().manual_seed(sentence_seed(s.seed, si) + 1) for _, si, _, s in keys]
-        wav, n = voice.sovits.decode(codes, text, ge=voice.ge, noise_scale=[k[3].noise_scale for k in keys],
-                                     speed=[k[3].speed for k in keys], code_lengths=lens,
+            text[i, : len(k[3])] = k[3].to(dev)
+        gens = [torch.Generator().manual_seed(sentence_seed(s.seed, si) + 1) for _, _, si, _, s in keys]
+        wav, n = voice.sovits.decode(codes, text, ge=voice.ge, noise_scale=[k[4].noise_scale for k in keys],
+                                     speed=[k[4].speed for k in keys], code_lengths=lens,
                                      text_lengths=text_lens, generator=gens, precision=self.half)
         wav = wav.float().cpu().numpy()
-        for i, (o, (li, si, _, _)) in enumerate(zip(batch, keys)):
-            outputs[(li, si)] = (wav[i, 0, : int(n[i])].copy(), len(o.tokens), not o.finished)
+        for i, (o, (vi, li, si, _, _)) in enumerate(zip(batch, keys)):
+            outputs[(vi, li, si)] = (wav[i, 0, : int(n[i])].copy(), len(o.tokens), not o.finished)
 
 
 def sentence_seed(line_seed: int, sentence: int) -> int:

@@ -36,10 +36,11 @@ class SoVITSBatch:
     text: torch.Tensor  # (B, Tt) phone ids
     text_lengths: torch.Tensor  # (B,)
     codes: torch.Tensor | None = None  # (1, B, T25) semantic tokens (frozen quantizer only)
+    sv_emb: torch.Tensor | None = None  # (B, sv_dim) v2Pro/v2ProPlus: each utterance's speaker embedding
 
-    def to(self, device) -> "SoVITSBatch":
+    def to(self, device) -> SoVITSBatch:
         return SoVITSBatch(*(None if t is None else t.to(device) for t in (
-            self.ssl, self.spec, self.spec_lengths, self.wav, self.text, self.text_lengths, self.codes)))
+            self.ssl, self.spec, self.spec_lengths, self.wav, self.text, self.text_lengths, self.codes, self.sv_emb)))
 
 
 @dataclass
@@ -50,7 +51,7 @@ class GPTBatch:
     semantic: torch.Tensor  # (B, Ly)
     semantic_lengths: torch.Tensor
 
-    def to(self, device) -> "GPTBatch":
+    def to(self, device) -> GPTBatch:
         return GPTBatch(*(t.to(device) for t in (self.phones, self.phone_lengths, self.bert, self.semantic,
                                                    self.semantic_lengths)))
 
@@ -105,7 +106,8 @@ class SoVITSTrainer:
         self.device = torch.device(device)
         self.precision = precision
         self.net_g = net_g.to(self.device).train()
-        self.net_d = (net_d or MultiPeriodDiscriminator(self.cfg.disc_channels_div)).to(self.device).train()
+        self.net_d = (net_d or MultiPeriodDiscriminator(self.cfg.disc_channels_div, periods=self.cfg.disc_periods)
+                      ).to(self.device).train()
         lr = lr or self.cfg.learning_rate
         slow = [self.net_g.enc_p.text_embedding, self.net_g.enc_p.encoder_text, self.net_g.enc_p.mrte]
         slow_ids = {id(p) for m in slow for p in m.parameters()}
@@ -133,7 +135,7 @@ class SoVITSTrainer:
         seg_frames = c.segment_size // c.hop_length
         with _autocast(self.device, self.precision):
             y_hat, ids, z_mask, (z, z_p, m_p, logs_p, m_q, logs_q), commit = self.net_g(
-                b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, codes=b.codes)
+                b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, codes=b.codes, sv_emb=b.sv_emb)
             mel = spec_to_mel(b.spec.float(), c.filter_length, c.n_mel_channels, c.sampling_rate, c.mel_fmin, c.mel_fmax)
             y_mel = slice_frames(mel, ids, seg_frames)
             y_hat_mel = mel_spectrogram(y_hat.squeeze(1).float(), c.filter_length, c.n_mel_channels, c.sampling_rate,

@@ -1,4 +1,5 @@
-"""What a marked line may go through after it leaves voicefleet: resampling, lossy codecs, gain, trims.
+"""What a marked line may go through after it leaves voicefleet: resampling, lossy codecs, gain, trims
+(`TRANSFORMS`), and changes of tempo, pitch or speed (`RETIMING`).
 
 Each transform takes and returns ((T,) float32 mono, sample rate). Codecs run through PyAV
 (libmp3lame, libopus) at an explicit bit rate, in memory. Shared by tests/test_watermark.py and
@@ -61,4 +62,30 @@ TRANSFORMS: dict[str, Transform] = {
     "gain -12 dB": gain(-12.0),
     "gain +6 dB (clipped)": lambda audio, sr: (np.clip(audio * 2.0, -1, 1).astype(np.float32), sr),
     "trim to 3 s": trim(3.0),
+}
+
+
+def tempo(percent: float) -> Transform:
+    """Faster (or slower, negative) by `percent`, pitch kept (librosa's phase vocoder)."""
+    import librosa
+
+    return lambda audio, sr: (librosa.effects.time_stretch(audio, rate=1 + percent / 100).astype(np.float32), sr)
+
+
+def pitch(semitones: float) -> Transform:
+    """Higher (or lower) by `semitones`, tempo kept (librosa: time stretch, then resample)."""
+    import librosa
+
+    return lambda audio, sr: (librosa.effects.pitch_shift(audio, sr=sr, n_steps=semitones).astype(np.float32), sr)
+
+
+def speed(percent: float) -> Transform:
+    """Played `percent` faster: tempo and pitch together (+5 %: +0.84 semitone), as a tape or a varispeed."""
+    return lambda audio, sr: (resample(audio, sr, round(sr / (1 + percent / 100))).astype(np.float32), sr)
+
+
+RETIMING: dict[str, Transform] = {
+    **{f"tempo {p:+d} %": tempo(p) for p in (-10, -5, 5, 10)},
+    **{f"pitch {s:+d} st": pitch(s) for s in (-2, -1, 1, 2)},
+    **{f"speed {p:+d} %": speed(p) for p in (-10, -5, 5, 10)},
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ S3_BUCKET = "voicefleet-test"
 # Prefect's ephemeral API server needs more than its default 20 s to start on a busy 2-core machine;
 # subprocesses (the CLI in end-to-end tests) inherit this.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The audit log's local-mode key (tasks/safety/audit_key.py) is made in a folder of this session, never in
+# the developer's ~/.config; subprocesses inherit it.
+os.environ.setdefault("VOICEFLEET_AUDIT_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="vf-audit-"), "audit.key"))
+# Weights a developer pulled (`voicefleet pretrained pull`, ~/.cache/voicefleet) are never the tests' default
+# base: enroll/render/demo look in an empty home of this session (subprocesses inherit it).
+os.environ["VOICEFLEET_HOME"] = tempfile.mkdtemp(prefix="vf-home-")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ from voicefleet.flows.cli import app
 from voicefleet.flows.commands.exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND
 
 runner = CliRunner()
+STRONG_KEY = "5d0f1c3a8e7b2946f0a1d3c5e7b9f2a4c6e8d0b2a4f6e8c1d3b5a7f9e2c4d6b8"  # hex of 32 random bytes
+
+
+@pytest.fixture(autouse=True)
+def local_mode(monkeypatch):
+    """These commands run as `--as NAME --local`: a single-user machine (no principal key, the switch on)."""
+    monkeypatch.setenv("VOICEFLEET_LOCAL_MODE", "1")
+    monkeypatch.delenv("VOICEFLEET_PRINCIPAL_KEY", raising=False)
 
 
 def run(*args: str):
@@ -16,10 +24,12 @@ def run(*args: str):
     return result
 
 
-@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"], ["voices", "grant"], ["voices", "revoke"], ["voices", "withdraw"], ["audit"], ["watermark", "detect"]])
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["enroll"], ["render"], ["voices"], ["voices", "list"], ["jobs", "show"],
+                                 ["voices", "grant"], ["voices", "revoke"], ["voices", "withdraw"], ["audit"],
+                                 ["watermark", "detect"], ["consent"], ["consent", "approve"], ["consent", "reinstate"]])
 def test_help_for_every_command(cmd):
     r = run(*cmd, "--help")
-    assert r.exit_code == 0 and "--store" in r.output or cmd in ([], ["voices"])
+    assert r.exit_code == 0 and "--store" in r.output or cmd in ([], ["voices"], ["consent"])
 
 
 def _script(tmp_path, text: str, name="script.csv"):
@@ -117,6 +127,8 @@ def test_plain_principal_needs_local_mode(tmp_path, monkeypatch):
     s = _script(tmp_path, "line_id,voice_id,text,language\n1,v,hi,en\n")
     r = run("render", s, "--as", "user:a", "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "accepted only in local mode" in r.output
+    r = run("render", s, "--as", "user:a", "--local", "--store", str(tmp_path / "s"))
+    assert r.exit_code == EXIT_BAD_INPUT and "accepted only in local mode" in r.output   # --local cannot switch it on
     r = run("render", s, "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "no principal" in r.output
 
@@ -126,10 +138,10 @@ def test_forged_principal_token_is_refused(tmp_path, monkeypatch):
 
     from voicefleet.tasks.safety.principal import mint_token
 
-    monkeypatch.setenv("VOICEFLEET_PRINCIPAL_KEY", "k" * 40)
+    monkeypatch.setenv("VOICEFLEET_PRINCIPAL_KEY", STRONG_KEY)
     token = mint_token("user:a", dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
-    head, name, expiry, mac = token.split(".")
-    forged = ".".join([head, "dXNlcjpyb290", expiry, mac])  # "user:root" with user:a's signature
+    head, name, token_id, issued, expiry, mac = token.split(".")
+    forged = ".".join([head, "dXNlcjpyb290", token_id, issued, expiry, mac])  # "user:root" with user:a's signature
     s = _script(tmp_path, "line_id,voice_id,text,language\n1,v,hi,en\n")
     r = run("render", s, "--token", forged, "--store", str(tmp_path / "s"))
     assert r.exit_code == EXIT_BAD_INPUT and "signature does not verify" in r.output

@@ -12,6 +12,7 @@ from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
 from voicefleet.tasks.enroll.ingest import QCConfig, RejectedSpeaker, ingest_speaker
 from voicefleet.tasks.measure.audio import resample, write_audio
 from voicefleet.tasks.safety.consent import ClipVerdict, Consent, ConsentScope
+from voicefleet.tasks.safety.consent_review import ClipIdentity, approval_for, approve
 from voicefleet.tasks.safety.consent_verify import (
     MAX_PHRASE_CER,
     MIN_SPEAKER_SIMILARITY,
@@ -84,12 +85,21 @@ def test_the_right_speaker_saying_the_wrong_phrase_is_rejected(audio) -> None:
     assert "consent clip does not say the consent phrase: ASR heard" in check.detail and "library" in check.detail.lower()
 
 
-def test_a_language_without_asr_needs_a_recorded_operator_approval(audio) -> None:
+def test_a_language_without_asr_needs_an_admins_recorded_approval(audio, local_store, monkeypatch) -> None:
     refused = check_consent_clip(consent(), audio["consent"], audio["takes"], SR, language="ja")
-    assert refused.verdict is ClipVerdict.REJECTED and "must set approved_by in consent.json" in refused.detail
-    approved = check_consent_clip(consent(approved_by="user:operator@example.com"), audio["consent"], audio["takes"],
-                                  SR, language="ja")
-    assert approved.verified and "phrase approved by user:operator@example.com (no ASR model for 'ja')" in approved.detail
+    assert refused.verdict is ClipVerdict.REJECTED
+    assert "an admin who listened to the clip must approve it" in refused.detail
+    with pytest.raises(ValueError, match="approved_by cannot be set in consent.json"):
+        consent(approved_by="user:operator@example.com")  # the upload cannot carry it
+    monkeypatch.setenv("VOICEFLEET_ADMINS", "user:operator@example.com")
+    identity = ClipIdentity.of(b"the clip's bytes", audio["consent"], SR)
+    approve(local_store, "spk-joe", consent(), identity, "user:operator@example.com")
+    approval = approval_for(local_store, "spk-joe", consent(), identity.sha256)
+    approved = check_consent_clip(consent(), audio["consent"], audio["takes"], SR, language="ja", approval=approval,
+                                  identity=identity)
+    assert approved.verified and "phrase approved by admin user:operator@example.com at" in approved.detail
+    assert "(no ASR model for 'ja')" in approved.detail and approved.clip_sha256 == identity.sha256
+    assert approval_for(local_store, "spk-joe", consent(consent_phrase="Another phrase."), identity.sha256) is None
 
 
 def test_phrase_match_forgives_word_splits_not_other_words() -> None:

@@ -29,6 +29,7 @@ from voicefleet.flows.demo.script import build_demo_script
 from voicefleet.tasks.enroll.speech_checks import QCConfig
 from voicefleet.tasks.render.index_read import read_index
 from voicefleet.tasks.render.job_paths import index_glob, job_prefix
+from voicefleet.tasks.safety.principal import Principal
 from voicefleet.tasks.store.storage import Store
 from voicefleet.tasks.train.finetune import Recipe
 from voicefleet.tasks.voices.registry import VoiceRegistry
@@ -102,7 +103,7 @@ def enrolled(ray_cluster, enrollment_src, s3_server, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_enroll_then_render(enrolled, kind):
-    from voicefleet.flows.render import render_script
+    from voicefleet.flows.render import render_as
 
     store, summary = enrolled[kind]
     status = {r["speaker"]: r for r in summary["speakers"]}
@@ -125,7 +126,7 @@ def test_enroll_then_render(enrolled, kind):
     rows.append({"line_id": "empty-1", "voice_id": voices[0], "text": "  ", "language": "en"})
     rows.append({"line_id": "klingon-1", "voice_id": voices[1], "text": "Qapla!", "language": "tlh"})
     script = write_script(store, "scripts/s1.csv", rows)
-    res = render_script(script, OWNER, store.uri, lines_per_shard=5, batch_size=8, local=True)
+    res = render_as(Principal(OWNER, "local"), script, store.uri, lines_per_shard=5, batch_size=8)
     assert res["status"] == "complete" and res["lines"] == 17
     # empty text and an unsupported language are refused by the plan, before any compute
     assert (res["ok"], res["failed"], res["refused"]) == (14, 0, 3)
@@ -141,7 +142,7 @@ def test_enroll_then_render(enrolled, kind):
         f"{job_prefix(res['job_id'])}/{r['shard']}" for r in {r["shard"]: r for r in by_id.values() if r["shard"]}.values())
 
     # another principal is refused for every line, before any compute
-    other = render_script(script, "user:mallory", store.uri, job_id="mallory-job", local=True)
+    other = render_as(Principal("user:mallory", "local"), script, store.uri, job_id="mallory-job")
     assert other["ok"] == 0 and other["refused"] == 17
 
     # DuckDB and pyarrow read the index as it is
@@ -194,7 +195,8 @@ def test_render_killed_midway_resumes_without_duplicates(enrolled, ray_cluster, 
     job = "kill-test"
     cmd = [sys.executable, "-m", "voicefleet.flows.cli", "render", script, "--as", OWNER, "--local", "--store", store.uri,
            "--job", job, "--lines-per-shard", "4", "--batch-size", "4"]
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster)
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, VOICEFLEET_LOCAL_MODE="1")  # `--as`: a single-user machine
+    env.pop("VOICEFLEET_PRINCIPAL_KEY", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(store.glob(f"{job_prefix(job)}/index/*.parquet")) < 2:
@@ -230,7 +232,7 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     """Post-processing + per-line QC on the real pipeline. The demo voices come from an untrained base
     model, so QC "auto" reports only (their audio fails every check), and "enforce" retries with new
     seeds and then fails the line with its reasons."""
-    from voicefleet.flows.render import render_script
+    from voicefleet.flows.render import render_as
     from voicefleet.tasks.render.line_qc import retry_seed
     from voicefleet.tasks.render.plan import line_seed
 
@@ -238,7 +240,7 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     voices = sorted(r["speaker"] for r in summary["speakers"] if r["status"] == "accepted")
     rows = [dict(r, target_seconds="") for r in build_demo_script(voices, 4, seed=3)]
     script = write_script(store, "scripts/qc.csv", rows)
-    res = render_script(script, OWNER, store.uri, job_id="qc-auto", local=True)
+    res = render_as(Principal(OWNER, "local"), script, store.uri, job_id="qc-auto")
     assert res["ok"] == 4 and res["qc"]["mode"] == "auto" and res["qc_checked"] == 4
     table = assert_render_complete(store, "qc-auto", [r["line_id"] for r in rows]).to_pylist()
     for r in table:
@@ -251,8 +253,8 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
     first = next(r for r in table if r["line_id"] == rows[0]["line_id"])
     rows[0]["target_seconds"] = str(round(first["duration_s"] * 0.9, 2))
     script = write_script(store, "scripts/qc-target.csv", rows)
-    res = render_script(script, OWNER, store.uri, job_id="qc-enforce", qc={"mode": "enforce", "retries": 1},
-                        local=True)
+    res = render_as(Principal(OWNER, "local"), script, store.uri, job_id="qc-enforce",
+                    qc={"mode": "enforce", "retries": 1})
     table = {r["line_id"]: r for r in assert_render_complete(store, "qc-enforce", [r["line_id"] for r in rows]).to_pylist()}
     timed = table[rows[0]["line_id"]]
     log = json.loads(timed["attempt_log"])
@@ -267,3 +269,39 @@ def test_render_normalises_loudness_meets_target_length_checks_every_line_and_wr
         if r["status"] == "failed":
             assert r["attempts"] == 2 and r["error"].startswith("quality check failed after 2 attempt(s)")
             assert log[0]["passed"] is False and log[0]["reasons"]
+
+
+def test_japanese_voice_enrolled_and_rendered(ray_cluster, tmp_path, monkeypatch):
+    """A Japanese speaker (Kokoro's Japanese voice, Japanese transcripts and consent phrase): no ASR model
+    for Japanese, so an admin approves the consent clip; enrolled with the tiny config (Japanese
+    evaluation sentences) and rendered in Japanese (OpenJTalk phones), mixed Japanese + English included."""
+    from typer.testing import CliRunner
+
+    from voicefleet.flows.cli import app
+    from voicefleet.flows.enroll import enroll_batch
+    from voicefleet.flows.render import render_as
+
+    monkeypatch.setenv("VOICEFLEET_ADMINS", "user:root")
+    monkeypatch.setenv("VOICEFLEET_LOCAL_MODE", "1")
+    src = tmp_path / "enroll-ja"
+    [speaker] = build_demo_enrollment(src, n_speakers=1, clips_per_speaker=6, language="ja")
+    assert json.loads((src / speaker / "transcripts.jsonl").read_text().splitlines()[0])["language"] == "ja"
+    store = Store(str(tmp_path / "store"))
+
+    # (without the approval the speaker is rejected: tests/test_consent_review.py)
+    r = CliRunner().invoke(app, ["consent", "approve", speaker, "--src", str(src), "--as", "user:root", "--local",
+                                 "--store", store.uri])
+    assert r.exit_code == 0, r.output
+    summary = enroll_batch(str(src), store.uri, recipe=Recipe.demo().model_dump(), qc=DEMO_QC, gate=REPORT_GATE)
+    [row] = summary["speakers"]
+    assert row["status"] == "accepted", row
+    version = VoiceRegistry(store).version(speaker)
+    assert version.consent_check["approved_by"] == "user:root"
+    assert version.evaluation["language"] == "ja"  # the Japanese evaluation sentences
+
+    rows = [{"line_id": "ja-1", "voice_id": speaker, "text": "こんにちは、今日はいい天気ですね。", "language": "ja"},
+            {"line_id": "ja-2", "voice_id": speaker, "text": "新しいiPhoneを買いました。", "language": "ja"}]
+    res = render_as(Principal(OWNER, "local"), write_script(store, "scripts/ja.csv", rows), store.uri, batch_size=2)
+    assert (res["status"], res["ok"], res["failed"], res["refused"]) == ("complete", 2, 0, 0), res
+    table = assert_render_complete(store, res["job_id"], ["ja-1", "ja-2"])
+    assert {r["language"] for r in table.to_pylist()} == {"ja"} and all(r["num_samples"] > 0 for r in table.to_pylist())

@@ -9,7 +9,7 @@ import torch
 
 from voicefleet.model.config import GPTConfig, SoVITSConfig
 from voicefleet.model.decode_step import StepWeights, layers_step
-from voicefleet.model.engine import DecodeEngine, DecodeJob
+from voicefleet.model.engine import DecodeEngine, DecodeJob, token_limit
 from voicefleet.model.gpt import SamplingParams, Text2SemanticDecoder
 from voicefleet.model.quantize import quantize_gpt_int8
 from voicefleet.model.sampler import RowParams, counter_uniform, sample, sample_rows
@@ -160,7 +160,7 @@ def test_scripted_layer_step_equals_the_python_one_cuda_runs(int8):
     at = cur_len.view(b, 1, 1, 1).expand(b, H, 1, D)
     mask = (torch.arange(10)[None] <= cur_len[:, None])[:, None, None, :]
     with torch.no_grad():
-        for args in ((10, at, 0, mask), (10, None, 9, None)):  # per-row positions; one host position
+        for args in ((10, at, 0, mask, []), (10, None, 9, None, [])):  # per-row positions; one host position
             outs = []
             for fn in (for_device(layers_step, torch.device("cpu")), layers_step):
                 K, V = (list(c.clone()) for c in caches)
@@ -220,3 +220,58 @@ def test_cuda_graph_engine_matches_eager_on_gpu(dtype):
     assert tokens(graphs) == tokens(eager)
     again = gpt.generate(phones, bert, prompts, MIXED, list(range(6)), engine=engine)  # graphs replayed
     assert tokens(again) == tokens(eager)
+
+
+def _jobs(n_phones, limit, params, n=2, seed=0, prompt=10):
+    g = torch.Generator().manual_seed(seed)
+    return [DecodeJob(torch.randint(0, 732, (n_phones,), generator=g), torch.randn(1024, n_phones, generator=g) * 0.1,
+                      torch.randint(0, 1024, (prompt,), generator=g), params, seed + i, limit, key=i) for i in range(n)]
+
+
+def test_engine_cache_shrinks_back_after_an_outlier_sentence():
+    gpt, *_ = gpt_and_lines(1)
+    params = SamplingParams(top_k=10, min_new_tokens=3)
+    engine = DecodeEngine(gpt, max_batch=4)
+    short = [o.tokens.tolist() for o in sorted(engine.run(_jobs(20, 30, params)), key=lambda o: o.key)]
+    assert engine.cache_shape == (2, 256)
+    engine.run(_jobs(700, 20, params, n=1, seed=5) + _jobs(20, 30, params, n=1, seed=6))  # one outlier: 700 phones
+    assert engine.cache_shape == (2, 768)
+    allocations = engine.allocations
+    engine.run(_jobs(300, 20, params, seed=7))  # needs 512 positions: the 768 kept ones serve
+    assert engine.cache_shape == (2, 768) and engine.allocations == allocations
+    again = [o.tokens.tolist() for o in sorted(engine.run(_jobs(20, 30, params)), key=lambda o: o.key)]
+    assert engine.cache_shape == (2, 256) and engine.allocations == allocations + 1  # shrunk back
+    assert again == short  # and the lines decode as before the outlier
+
+
+def test_max_new_tokens_caps_every_line_on_the_engine():
+    gpt, *_ = gpt_and_lines(1)
+    capped = SamplingParams(top_k=10, min_new_tokens=500, max_new_tokens=7, max_tokens_per_phone=None)
+    outs = DecodeEngine(gpt, max_batch=2).run(_jobs(20, 400, capped, n=3))  # EOS masked: only the cap stops them
+    assert sorted(len(o.tokens) for o in outs) == [7, 7, 7] and not any(o.finished for o in outs)
+    g = _jobs(20, 400, capped, n=1)[0]
+    res = gpt.generate([g.phones], [g.bert], [g.prompt], capped, [0], limits=[400])
+    assert len(res.tokens[0]) == 7
+    # the Synthesizer's and generate's default limit: tokens per phone, never past 54 s of tokens
+    assert token_limit(SamplingParams(max_tokens_per_phone=6.0), 1000) == 1350 == 54 * gpt.cfg.hz
+    assert token_limit(SamplingParams(max_tokens_per_phone=6.0), 10) == 60
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        DecodeEngine(gpt).run(_jobs(20, 40, SamplingParams(max_new_tokens=0), n=1))
+
+
+@cuda
+def test_cuda_graph_ladder_follows_the_sentences_at_hand():
+    gpt, *_ = gpt_and_lines(1)
+    gpt = gpt.cuda()
+    params = SamplingParams(top_k=10, min_new_tokens=3)
+    engine = DecodeEngine(gpt, max_batch=4, cuda_graphs=True)
+    short = [o.tokens.tolist() for o in sorted(engine.run(_jobs(20, 30, params)), key=lambda o: o.key)]
+    assert {s for _, s in engine._state.graphs} == {256}
+    engine.replays.clear()
+    engine.run(_jobs(700, 20, params, n=2, seed=5) + _jobs(20, 30, params, seed=9))
+    assert {s for _, s in engine._state.graphs} == {256, 512, 768}
+    # the outliers' steps replay the 768-span graphs; once they finish, the short rows replay 256-span ones
+    assert engine.replays[(4, 768)] > 0 and engine.replays[(2, 256)] > 0
+    again = [o.tokens.tolist() for o in sorted(engine.run(_jobs(20, 30, params)), key=lambda o: o.key)]
+    assert engine.cache_shape[1] == 256 and {s for _, s in engine._state.graphs} == {256}
+    assert again == short

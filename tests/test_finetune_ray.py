@@ -154,7 +154,8 @@ def test_new_version_is_evaluated_on_fixed_sentences_with_figures_and_clips_stor
     assert ev["gate"]["mode"] == "enforce" and not ev["gate"]["passed"]
 
 
-def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(prepared, three_trained, resumed):
+def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(prepared, three_trained, resumed,
+                                                                             monkeypatch):
     from voicefleet.flows.cli import app
     from voicefleet.flows.enroll import register
 
@@ -176,12 +177,18 @@ def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(pr
     assert v.base_model == "tiny-random-v1" and v.pipeline_version and v.recipe == RECIPE and "lora" in v.files
 
     runner = CliRunner()
-    out = runner.invoke(app, ["voices", "rollback", voice, "--to", str(held.voice_version), "--store", store.uri])
+    monkeypatch.setenv("VOICEFLEET_LOCAL_MODE", "1")   # a single-user machine: --as is the owner (issue 23)
+    monkeypatch.delenv("VOICEFLEET_PRINCIPAL_KEY", raising=False)
+    owner = ["--as", record.owner]
+    out = runner.invoke(app, ["voices", "rollback", voice, "--to", str(held.voice_version), "--store", store.uri, *owner])
+    assert out.exit_code == 4 and "gate" in out.output, out.output   # a gate-failed version only when asked for
+    out = runner.invoke(app, ["voices", "rollback", voice, "--to", str(held.voice_version), "--store", store.uri, *owner,
+                              "--allow-gate-failed"])
     assert out.exit_code == 0, out.output
     assert registry.get(voice).current_version == held.voice_version
-    out = runner.invoke(app, ["voices", "rollback", voice, "--store", store.uri])
+    out = runner.invoke(app, ["voices", "rollback", voice, "--store", store.uri, *owner])
     assert out.exit_code == 0 and registry.get(voice).current_version == first.voice_version, out.output
-    out = runner.invoke(app, ["voices", "rollback", voice, "--to", "9", "--store", store.uri])
+    out = runner.invoke(app, ["voices", "rollback", voice, "--to", "9", "--store", store.uri, *owner])
     assert out.exit_code == 3 and "has no version 9" in out.output
     shown = runner.invoke(app, ["voices", "show", voice, "--store", store.uri])
     assert shown.exit_code == 0
@@ -192,8 +199,9 @@ def test_gate_keeps_a_bad_version_from_becoming_current_and_rollback_restores(pr
 def test_lora_voice_renders_through_the_render_path(prepared, resumed):
     from voicefleet.flows.enroll import register
     from voicefleet.tasks.render.index_read import read_index
-    from voicefleet.tasks.render.pipeline import RenderSettings, render_lines
+    from voicefleet.tasks.render.pipeline import render_lines
     from voicefleet.tasks.render.plan import plan_script, write_todo
+    from voicefleet.tasks.render.settings import RenderSettings
 
     store, _, _ = prepared
     lora = resumed[0]

@@ -29,7 +29,7 @@ MODELS_MOUNT = "/models/gpt-sovits-v2"
 WORK_POOL = "voicefleet"
 EXPECTED = {  # deployment -> (entrypoint, parameters every run must name)
     "enroll-batch": ("flows/enroll.py:enroll_batch", set()),
-    "render-script": ("flows/render.py:render_script", {"script", "principal"}),
+    "render-script": ("flows/render.py:render_script", {"script", "credential"}),
 }
 
 
@@ -191,7 +191,7 @@ def test_entrypoint_is_a_prefect_flow_and_the_parameters_fit_its_signature(
     params = deployments[name]["parameters"]
     assert set(params) <= set(schema["properties"]), f"{name}: unknown parameters {set(params) - set(schema['properties'])}"
     assert set(schema.get("required", [])) - set(params) == required_per_run
-    per_run = {"script": "s3://voicefleet-data/scripts/a.csv", "principal": "user:ada@example.com"}
+    per_run = {"script": "s3://voicefleet-data/scripts/a.csv", "credential": "voicefleet-credential-0123abcd"}
     jsonschema.validate({**params, **{k: per_run[k] for k in required_per_run}}, schema)
 
 

@@ -226,7 +226,7 @@ def test_unchanged_upload_is_one_listing_and_one_hash(voices, clean_take, tmp_pa
     first = prepare_speaker(str(src), store, "Ana María", "tiny", "run1", qc, None, identity)
     assert first.status == "prepared" and first.speaker_id == "ana-maria" and first.files_decoded == 1
     before = DECODE_CALLS["files"]
-    again = prepare_speaker(str(src), store, "Ana María", "tiny", "run2", qc, first.source_hash, identity)
+    again = prepare_speaker(str(src), store, "Ana María", "tiny", "run2", qc, {first.source_hash: 1}, identity)
     assert again.status == "unchanged" and again.files_decoded == 0 and DECODE_CALLS["files"] == before
     other_recipe = model_identity("tiny", {"epochs": 2}, qc)
     pretrained = tmp_path / "pretrained"

@@ -4,9 +4,13 @@ next run; a second concurrent run refused by the job lease; exit codes through t
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from render_checks import assert_render_complete
@@ -20,6 +24,7 @@ from voicefleet.tasks.voices.registry import VoiceRegistry
 
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
+INFRA = Path(__file__).resolve().parents[1] / "infra" / "prefect.yaml"
 
 GOOD = [
     ("short", "ann", "Hi there.", "en", {}),
@@ -77,7 +82,8 @@ def cli(*args, env):
 
 
 def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address, tmp_path):
-    from voicefleet.flows.render import render_script
+    from voicefleet.flows.render import render_as
+    from voicefleet.tasks.safety.principal import Principal
 
     store = Store(str(tmp_path / "store"))
     register_tiny_voices(store, ["ann", "bob", "dan"], OWNER)
@@ -92,7 +98,7 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     good_ckpt = store.read_bytes(dan_gpt)
     store.write_bytes(dan_gpt, b"not a checkpoint")
 
-    res = render_script(script, OWNER, store.uri, job_id="mixed", batch_size=4, lines_per_shard=4, local=True)
+    res = render_as(Principal(OWNER, "local"), script, store.uri, job_id="mixed", batch_size=4, lines_per_shard=4)
     ids = [r["line_id"] for r in rows]
     table = assert_render_complete(store, "mixed", ids)
     by_id = {r["line_id"]: r for r in table.to_pylist()}
@@ -113,7 +119,8 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     # the owner grants access and the checkpoint is repaired: the next run takes both lines again
     VoiceRegistry(store).grant("cat", OWNER)
     store.write_bytes(dan_gpt, good_ckpt)
-    env = dict(os.environ, RAY_ADDRESS=ray_address)
+    env = dict(os.environ, RAY_ADDRESS=ray_address, VOICEFLEET_LOCAL_MODE="1")  # `--as`: a single-user machine
+    env.pop("VOICEFLEET_PRINCIPAL_KEY", None)
     args = ["render", script, "--as", OWNER, "--local", "--store", store.uri, "--job", "mixed", "--retry-failed"]
     with JobLease(store, "mixed"):   # another run holds the job: refused, nothing written
         busy = cli(*args, env=env)
@@ -133,3 +140,61 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     shown = cli("jobs", "show", "mixed", "--store", store.uri, "--worst", "20", env=env)
     assert shown.returncode == 0 and "refused" in shown.stdout and "speed 'fast'" in shown.stdout
     assert read_index(store, "mixed").num_rows == len(rows)
+
+
+def test_a_deployment_run_keeps_no_token_in_prefects_database_logs_artifacts_or_the_job(ray_address, tmp_path,
+                                                                                       monkeypatch):
+    """A run started as the render-script deployment starts one (its parameters from infra/prefect.yaml, the
+    caller's token in a Secret block), on a temporary Prefect server with its own database: afterwards no
+    byte of the token is in that database (flow run parameters, logs, artifacts, block documents), nor in
+    the store (job record, audit log, report); the job and audit records name the principal and token id."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from voicefleet.flows.credential import hand_over_secret
+    from voicefleet.flows.render import render_script
+    from voicefleet.tasks.render.job_paths import job_key
+    from voicefleet.tasks.safety import audit
+    from voicefleet.tasks.safety.principal import mint_token, token_id_of
+
+    monkeypatch.setenv("VOICEFLEET_PRINCIPAL_KEY", "JNnUXG7j+iIkiq3nKgQ9Iqueky/2dPQPtd6rWeyLakw=")
+    monkeypatch.setenv("VOICEFLEET_AUDIT_KEY", "q4Qm8c0rj5Tn1zW1bC9xE0pH7yKk2uFv6sLd3aGe5Ns=")
+    store = Store(str(tmp_path / "store"))
+    register_tiny_voices(store, ["ann"], OWNER)
+    script = write_script(tmp_path / "script.csv", [{"line_id": "one", "voice_id": "ann", "text": "Hi there.",
+                                                     "language": "en"}])
+    token = mint_token(OWNER, datetime.now(timezone.utc) + timedelta(hours=1))
+    secret_parts = [token, token.rsplit(".", 1)[1]]   # the whole token, and its MAC alone
+    deployment = next(d for d in yaml.safe_load(INFRA.read_text())["deployments"]
+                      if d["name"] == "render-script")
+    params = {**deployment["parameters"], "store": store.uri, "pretrained": None, "num_gpus": 0.0, "script": script}
+    # the CLI's quiet_logs() (earlier CLI tests in this process) leaves the "prefect" logger at WARNING, which
+    # keeps the run's INFO logs from the API: the grep below must see the logs a deployment run would send
+    prefect_logger = logging.getLogger("prefect")
+    monkeypatch.setattr(prefect_logger, "level", logging.INFO)
+    with prefect_test_harness(server_startup_timeout=180):
+        db = PREFECT_API_DATABASE_CONNECTION_URL.value().split(":///", 1)[1]
+        params["credential"] = hand_over_secret(token)
+        res = render_script(**params)
+        APILogHandler().flush()   # the run's logs reach the server before the database is read
+        with get_client(sync_client=True) as client:
+            (run,) = client.read_flow_runs()
+            deadline = time.monotonic() + 60   # the log worker sends in batches: wait until they have arrived
+            while not (logs := client.read_logs()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert {k: run.parameters[k] for k in params} == params   # only the reference: the token is no parameter
+        assert logs   # the run's logs reached this server
+        database = b"".join(Path(p).read_bytes() for p in (db, db + "-wal") if Path(p).exists())
+    assert res["ok"] == 1 and res["status"] == "complete"
+    assert params["credential"].encode() in database and b"render-script" in database   # the grep sees the run
+    for secret in secret_parts:
+        assert secret.encode() not in database
+        for f in (tmp_path / "store").rglob("*"):
+            assert not f.is_file() or secret.encode() not in f.read_bytes(), f
+    job = store.read_json(job_key(res["job_id"]))
+    assert (job["principal"], job["principal_via"], job["principal_token_id"]) == (OWNER, "token", token_id_of(token))
+    started = [r for r in audit.read(store) if r["event"] == "render_started"]
+    assert [(r["actor"], r["detail"]["token_id"]) for r in started] == [(OWNER, token_id_of(token))]

@@ -183,7 +183,8 @@ def actor_nodes(cluster: Cluster, actor: str) -> set[str]:
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    env = dict(cluster.env, RAY_ADDRESS=cluster.address, COLUMNS="250")
+    env = dict(cluster.env, RAY_ADDRESS=cluster.address, COLUMNS="250", VOICEFLEET_LOCAL_MODE="1")  # `--as`
+    env.pop("VOICEFLEET_PRINCIPAL_KEY", None)
     return subprocess.run([sys.executable, "-m", "voicefleet.flows.cli", *args], env=env, capture_output=True,
                           text=True, timeout=600)
 

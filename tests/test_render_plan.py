@@ -52,7 +52,7 @@ def test_languages_match_the_text_frontend():
     ("text", "?!... ——", "has no letters or digits to speak"),
     ("text", "Hello\x07 there", "control character U+0007 at character 6; remove it"),
     ("text", "a" * 2001, "text is 2,001 characters, over the 2,000-character cap"),
-    ("language", "tlh", "unsupported language 'tlh'; use one of en, zh, all_zh, auto"),
+    ("language", "tlh", "unsupported language 'tlh'; use one of en, zh, all_zh, ja, all_ja, ko, all_ko, yue, all_yue, auto, auto_yue"),
     ("language", None, "unsupported language (empty)"),
     ("voice_id", " ", "voice_id is empty"),
 ])
@@ -163,10 +163,35 @@ def test_work_list_is_an_anti_join_sorted_by_voice(voices, tmp_path):
     plan.cleanup()
 
 
+def test_each_work_list_part_is_one_voices_lines_sized_for_the_actors(voices, tmp_path):
+    """Voice affinity: a part (one actor's block) never mixes voices; a voice with few lines is one
+    part; a voice with many is cut so that every actor gets some (about four parts per actor)."""
+    from voicefleet.tasks.render.todo_parts import affinity_chunk
+
+    assert affinity_chunk(512, actors=2, batch_size=16, rows_per_part=512) == 64    # 64 voices x 8 lines: 1 part each
+    assert affinity_chunk(10, actors=4, batch_size=16, rows_per_part=512) == 16     # never under one batch
+    assert affinity_chunk(10**6, actors=16, batch_size=16, rows_per_part=512) == 512
+    store: Store = voices
+    rows = ([{"line_id": f"a{i:03d}", "voice_id": "ann", "text": f"Line {i} of ann.", "language": "en"} for i in range(40)]
+            + [{"line_id": f"b{i}", "voice_id": "bob", "text": f"Line {i} of bob.", "language": "en"} for i in range(3)]
+            + [{"line_id": "g", "voice_id": "ghost", "text": "Nobody's voice.", "language": "en"}])
+    plan = plan_script(write_csv(tmp_path / "s.csv", rows), store, "user:demo")
+    todo = write_todo(plan, store, "j", run=1, actors=2, batch_size=2)   # 44 lines: parts of ceil(44/8) = 6
+    parts = [pq.read_table(store.fs_path(k)).to_pylist() for k in todo.keys]
+    assert all(len({(r["voice_id"], r["voice_version"]) for r in p}) == 1 for p in parts)
+    sizes = {}
+    for p in parts:
+        sizes.setdefault(p[0]["voice_id"], []).append(len(p))
+    assert sizes == {"ann": [6, 6, 6, 6, 6, 6, 4], "bob": [3], "ghost": [1]}
+    assert todo.lines == 44 and [r["line_id"] for p in parts for r in p][:3] == ["a000", "a001", "a002"]
+    plan.cleanup()
+
+
 def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypatch):
     """Big scripts are sorted in key ranges (bounded DuckDB sorts): the parts must hold the same
     lines in the same order as one sort, with the index's finished lines left out."""
     import voicefleet.tasks.render.plan as render_plan
+    from voicefleet.tasks.render.out_of_core import connect
 
     store: Store = voices
     rows = [{"line_id": f"l{i:03d}", "voice_id": ["bob", "ann", "ghost"][i % 3], "text": "x" * (5 + 37 * (i % 7)) + ".",
@@ -180,7 +205,7 @@ def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypa
 
     one, whole = listed(2)
     monkeypatch.setattr(render_plan, "SORT_ROWS", 40)
-    assert len(render_plan._sort_ranges(render_plan._connect(plan.directory, 64), plan)) > 3
+    assert len(render_plan._sort_bounds(connect(plan.directory, 64), plan)) >= 3
     split, ranged = listed(3)
     assert ranged == whole and split.lines == one.lines == 298 and split.skipped == 2
     assert [(r["voice_id"], r["voice_version"] or "~", r["bucket"], r["line_id"]) for r in whole] == sorted(
@@ -190,12 +215,13 @@ def test_a_work_list_sorted_in_ranges_equals_one_sort(voices, tmp_path, monkeypa
 
 
 def test_a_query_out_of_memory_runs_again_under_the_next_limit(voices, tmp_path, monkeypatch):
+    import voicefleet.tasks.render.out_of_core as out_of_core
     import voicefleet.tasks.render.plan as render_plan
 
     store: Store = voices
     rows = [{"line_id": f"l{i}", "voice_id": "ann", "text": f"Line {i} here.", "language": "en"} for i in range(3000)]
-    limits, connect = [], render_plan._connect
-    monkeypatch.setattr(render_plan, "_connect", lambda d, mb: limits.append(mb) or connect(d, mb))
+    limits, connect = [], out_of_core.connect
+    monkeypatch.setattr(out_of_core, "connect", lambda d, mb: limits.append(mb) or connect(d, mb))
     monkeypatch.setattr(render_plan, "UNIQUE_MEMORY_MB", (1, 64))   # 1 MB: DuckDB runs out of memory
     monkeypatch.setattr(render_plan, "TODO_MEMORY_MB", (1, 64))
     plan = plan_script(write_csv(tmp_path / "s.csv", rows), store, "user:demo")

@@ -47,3 +47,24 @@ def test_speaker_similarity_separates_voices(speech):
 def test_speaker_embedding_refuses_silence():
     with pytest.raises(SpeakerEmbeddingError):
         embed(np.zeros(16000, np.float32), 16000)
+
+
+def test_batched_transcripts_and_embeddings_equal_the_per_clip_ones(speech):
+    """Render QC scores a batch of lines at once (one Whisper encoder pass and decode, one GE2E forward):
+    the same words and the same embeddings as clip by clip."""
+    from voicefleet.tasks.measure.speaker import embed_many
+
+    from voicefleet.tasks.measure.audio import resample
+
+    sr = speech["joe_a"][1]
+    clips = [(resample(w, r, sr), sr) for w, r in (speech[k] for k in ("joe_a", "joe_b", "alpha_b"))]
+    asr = ASR()
+    one = [asr.transcribe(w, sr, "en") for w, _ in clips]
+    many = asr.transcribe_many([w for w, _ in clips], sr, "en")
+    assert [normalize_words(t.text) for t in many] == [normalize_words(t.text) for t in one], (many, one)
+    assert all(np.isfinite(t.avg_logprob) and t.avg_logprob <= 0 and 0 <= t.no_speech_prob <= 1 for t in many), many
+    silent = np.zeros(sr // 4, np.float32)
+    batched = embed_many([w for w, _ in clips] + [silent], sr)
+    assert isinstance(batched[-1], SpeakerEmbeddingError)
+    for (w, _), b in zip(clips, batched):
+        assert similarity(embed(w, sr), b) > 0.9999

@@ -167,3 +167,54 @@ def test_keys_cannot_escape_the_store_root(local_store: Store, bad: str) -> None
 def test_open_is_read_only(local_store: Store) -> None:
     with pytest.raises(ValueError, match="read-only"):
         local_store.open("x", "wb")
+
+
+def test_swap_bytes_replaces_only_what_the_caller_read(store: Store) -> None:
+    assert store.swap_bytes("head.json", b"1", None)  # absent: a create
+    assert not store.swap_bytes("head.json", b"other", None)
+    assert not store.swap_bytes("head.json", b"3", b"0")  # stale: someone else wrote since
+    assert store.read_bytes("head.json") == b"1"
+    assert store.swap_bytes("head.json", b"2", b"1") and store.read_bytes("head.json") == b"2"
+    assert not store.swap_bytes("gone.json", b"2", b"1")  # expected something, found nothing
+    assert store.list() == ["head.json"]  # the lock file beside it is hidden
+
+
+def test_concurrent_swaps_lose_no_update(store: Store) -> None:
+    import threading
+
+    store.write_bytes("counter", b"0")
+    errors: list[BaseException] = []
+
+    def count(times: int) -> None:
+        mine = Store(store.uri, store.storage_options)
+        try:
+            for _ in range(times):
+                while True:
+                    current = mine.read_bytes("counter")
+                    if mine.swap_bytes("counter", str(int(current) + 1).encode(), current):
+                        break
+        except BaseException as e:  # noqa: BLE001 -- surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=count, args=(5,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.read_bytes("counter") == b"15"
+
+
+def test_an_s3_server_that_ignores_if_match_is_refused(s3_store: Store, monkeypatch) -> None:
+    from voicefleet.tasks.store.storage import UnsafeStore
+
+    s3_store.write_bytes("head.json", b"1")
+    pipe = s3_store.fs.pipe_file
+
+    def ignoring_if_match(path, data, **kwargs):
+        kwargs.pop("IfMatch", None)
+        return pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(s3_store.fs, "pipe_file", ignoring_if_match)
+    with pytest.raises(UnsafeStore, match="ignored 'If-Match'"):
+        s3_store.swap_bytes("head.json", b"2", b"1")
+    assert s3_store.read_bytes("head.json") == b"1"

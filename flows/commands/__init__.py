@@ -2,6 +2,7 @@
 
     enroll.py   voicefleet enroll SRC             render.py   voicefleet render SCRIPT
     voices.py   voicefleet voices list|show|rollback|grant|revoke|withdraw
+    consent.py  voicefleet consent approve|reinstate (an admin's consent decisions)
     jobs.py     voicefleet jobs show|compact|report
     safety.py   voicefleet audit, principal token, watermark detect
     demo.py     voicefleet demo

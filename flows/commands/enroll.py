@@ -11,6 +11,7 @@ from rich.table import Table
 from .console import console, progress_bars, quiet_logs
 from .exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, CLIError, handled
 from .options import StoreOpt, check_pretrained
+from .pretrained import base_choice
 
 
 def check_src(src: str) -> None:
@@ -66,7 +67,7 @@ def print_enroll(summary: dict) -> int:
         t.add_column(col, overflow="fold")
     for r in summary["speakers"]:
         style = {"accepted": "green", "unchanged": "cyan", "rejected": "red", "failed": "red",
-                 "gated": "yellow"}.get(r["status"], "")
+                 "gated": "yellow", "busy": "yellow"}.get(r["status"], "")
         name = r["speaker"] if r.get("display_name", r["speaker"]) == r["speaker"] else f"{r['speaker']} ({r['display_name']})"
         notes = (r["reasons"] or r["warnings"] or "").replace("; ", "\n")
         t.add_row(name, f"[{style}]{r['status']}[/]", str(r["version"] or "-"), f"{r.get('minutes', 0):.2f}",
@@ -76,12 +77,16 @@ def print_enroll(summary: dict) -> int:
     if summary.get("dashboard"):
         console.print(f"Ray dashboard: {summary['dashboard']}")
     c = summary["counts"]
-    return EXIT_PARTIAL if c["rejected"] or c["failed"] or c.get("gated") else EXIT_OK
+    return EXIT_PARTIAL if c["rejected"] or c["failed"] or c.get("gated") or c.get("busy") else EXIT_OK
 
 
 def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_id>/{audio, transcripts.jsonl, consent.json}"),
            store: str = StoreOpt,
-           pretrained: Optional[str] = typer.Option(None, help="Folder with the official v2 pretrained models."),
+           pretrained: Optional[str] = typer.Option(None, help="Folder with the official v2 pretrained models "
+                                                    "(default: the one `voicefleet pretrained pull` fetched, if any; "
+                                                    "else the tiny random model)."),
+           tiny: bool = typer.Option(False, "--tiny", help="Fine-tune from the tiny random model even when pulled "
+                                     "weights are there."),
            recipe: str = typer.Option("default", help="'default', 'demo' (short, for the tiny model) or a JSON file."),
            gpus: float = typer.Option(0.0, help="GPUs per voice (fractions pack voices on one GPU)."),
            cpus: float = typer.Option(1.0, help="CPUs per voice."),
@@ -95,10 +100,13 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            lora_rank: Optional[int] = typer.Option(None, min=0, help="Train a LoRA delta of this rank over the shared base (0: full fine-tune; default: the recipe's)."),
            gate: str = typer.Option("enforce", help="Quality gate: 'enforce' (a version below it is registered, not current), 'report' (record the verdict only) or 'off'."),
            min_similarity: float = typer.Option(0.75, help="Gate: least mean speaker similarity of the evaluation sentences."),
-           max_wer: float = typer.Option(0.35, help="Gate: highest mean word error rate (English).")):
+           max_wer: float = typer.Option(0.35, help="Gate: highest mean word error rate (English)."),
+           force: bool = typer.Option(False, "--force", help="Train again uploads already trained into a version "
+                                                            "(current or not); by default they are skipped.")):
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
+        pretrained, base = base_choice(pretrained, tiny)
         check_pretrained(pretrained)
         rec = recipe_of(recipe)
         qc = {**qc_of(min_speech, asr_model), **({"allow_synthetic": True} if allow_synthetic else {})}
@@ -106,10 +114,11 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
             rec["lora_rank"] = lora_rank
         gate_cfg = gate_of(gate, min_similarity, max_wer)
         quiet_logs()
+        console.print(f"base model: {base}", highlight=False)
         from voicefleet.flows.enroll import enroll_batch
 
         with progress_bars():
             summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus, qc=qc,
-                                   gate=gate_cfg, workers=workers)
+                                   gate=gate_cfg, workers=workers, force=force)
         raise typer.Exit(print_enroll(summary))
 

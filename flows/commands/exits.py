@@ -6,6 +6,8 @@
     3  not found: unknown voice or job
     4  finished, but some lines failed or were refused, or some speakers were rejected
     5  busy: another run of the same render job holds its lease
+    6  stopped: this run lost the job's lease to another run (whose output stands); nothing this run
+       wrote after that is read
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import typer
 
 from .console import err
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PARTIAL, EXIT_BUSY, EXIT_LOST = 0, 1, 2, 3, 4, 5, 6
 
 
 class CLIError(Exception):
@@ -28,35 +30,52 @@ class CLIError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     """Map the pipeline's user-actionable exceptions to exit codes."""
     from voicefleet.model.checkpoint import CheckpointError
-    from voicefleet.tasks.cluster.runtime import LocalStoreOnCluster
+    from voicefleet.tasks.cluster.runtime import ClusterTooSmall, LocalStoreOnCluster
     from voicefleet.tasks.render.job_lease import JobLeaseHeld, JobLeaseLost
     from voicefleet.tasks.render.job_paths import NoSuchJob
     from voicefleet.tasks.render.line_qc import QCConfigError
+    from voicefleet.tasks.render.pipeline import ActorsNotPlaced
     from voicefleet.tasks.render.plan import NoKnownVoice
     from voicefleet.tasks.render.postprocess import PostConfigError
     from voicefleet.tasks.render.script import ScriptError
     from voicefleet.tasks.safety.access import InvalidPrincipal, NotPermitted
+    from voicefleet.tasks.safety.audit import AuditKeyMissing, AuditUnavailable
     from voicefleet.tasks.safety.principal import InvalidToken, LocalModeRequired
+    from voicefleet.tasks.safety.secret_key import WeakKey
     from voicefleet.tasks.store.ids import InvalidId
-    from voicefleet.tasks.store.storage import InvalidKey
+    from voicefleet.tasks.store.storage import InvalidKey, UnsafeStore
     from voicefleet.tasks.voices.base_model import PretrainedNotFound
-    from voicefleet.tasks.voices.errors import ConsentWithdrawn, InvalidGrant, UnknownVersion, UnknownVoice
+    from voicefleet.tasks.voices.errors import ConsentWithdrawn, GateFailed, InvalidGrant, UnknownVersion, UnknownVoice
 
     if isinstance(exc, CLIError):
         return exc.code
     if isinstance(exc, (UnknownVoice, UnknownVersion, NoSuchJob, NoKnownVoice)):
         return EXIT_NOT_FOUND
-    if isinstance(exc, (JobLeaseHeld, JobLeaseLost)):
+    lost = next((e for e in _causes(exc) if isinstance(e, JobLeaseLost)), None)
+    if lost is not None:  # also when a Ray worker raised it and Ray Data wrapped it
+        return EXIT_LOST
+    if isinstance(exc, JobLeaseHeld):
         return EXIT_BUSY
-    if isinstance(exc, (NotPermitted, ConsentWithdrawn)):
+    if isinstance(exc, (NotPermitted, ConsentWithdrawn, GateFailed)):
         return EXIT_PARTIAL
     if isinstance(exc, (InvalidToken, LocalModeRequired, InvalidGrant)):
         return EXIT_BAD_INPUT
+    if isinstance(exc, (AuditUnavailable, AuditKeyMissing, WeakKey)):  # no record, no change
+        return EXIT_BAD_INPUT
     if isinstance(exc, (ScriptError, InvalidId, InvalidKey, InvalidPrincipal, PretrainedNotFound, CheckpointError,
-                        LocalStoreOnCluster, QCConfigError, PostConfigError, FileNotFoundError, IsADirectoryError,
-                        PermissionError)):
+                        LocalStoreOnCluster, ClusterTooSmall, ActorsNotPlaced, QCConfigError, PostConfigError, UnsafeStore,
+                        FileNotFoundError, IsADirectoryError, PermissionError)):
         return EXIT_BAD_INPUT
     return EXIT_INTERNAL
+
+
+def _causes(exc: BaseException):
+    """`exc` and the exceptions it was raised from, outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 @contextmanager
@@ -74,7 +93,7 @@ def handled():
         if os.environ.get("VOICEFLEET_DEBUG") == "1":
             err.print_exception()
         msg = str(e).strip().strip("'\"") or type(e).__name__
-        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_BUSY: "busy",
+        label = {EXIT_BAD_INPUT: "error", EXIT_NOT_FOUND: "not found", EXIT_BUSY: "busy", EXIT_LOST: "stopped",
                  EXIT_PARTIAL: "refused"}.get(code, "internal error")
         err.print(f"[red]{label}[/]: {msg}", highlight=False, soft_wrap=True)
         if code == EXIT_INTERNAL:

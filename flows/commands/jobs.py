@@ -6,7 +6,7 @@ from rich.table import Table
 
 from .console import console
 from .exits import handled
-from .options import StoreOpt, store_of
+from .options import StoreOpt, UnsafeSingleWriterOpt, store_of
 
 app = typer.Typer(help="Inspect render jobs.", no_args_is_help=True)
 
@@ -14,7 +14,8 @@ app = typer.Typer(help="Inspect render jobs.", no_args_is_help=True)
 @app.command("show")
 def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt,
               worst: int = typer.Option(10, min=0, help="How many of the worst lines to list.")):
-    """Status and counts of a render job (by distinct line), audio hours and the worst lines."""
+    """Status and counts of a render job (the current script's lines, by distinct line), audio hours and the
+    worst lines; lines edited since they were rendered and lines no longer in the script are counted apart."""
     with handled():
         from voicefleet.tasks.render.job_index import job_state, job_totals, worst_lines
         from voicefleet.tasks.render.job_paths import index_glob, read_job
@@ -26,7 +27,11 @@ def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str 
         t.add_column("field")
         t.add_column("value")
         for k, v in [("status", job_state(meta, totals)), ("script", meta.get("script")), ("principal", meta.get("principal")),
-                     ("lines", meta.get("lines")), ("indexed", totals.lines_indexed), ("ok", totals.ok),
+                     ("lines", meta.get("lines")),
+                     ("script lines", "-" if totals.script_lines is None else totals.script_lines),
+                     ("indexed", totals.lines_indexed),
+                     ("stale (edited; a rerun renders)", totals.stale),
+                     ("not in script", totals.not_in_script), ("ok", totals.ok),
                      ("failed", totals.failed), ("refused", totals.refused), ("truncated", totals.truncated),
                      ("qc failed", totals.qc_failed), ("audio h", f"{totals.audio_s / 3600:.3f}"),
                      ("audio s", f"{totals.audio_s:.1f}"), ("runs", len(meta.get("runs", []))),
@@ -48,12 +53,13 @@ def jobs_show(job: str = typer.Argument(..., help="Render job id."), store: str 
 
 
 @app.command("compact")
-def jobs_compact(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt):
+def jobs_compact(job: str = typer.Argument(..., help="Render job id."), store: str = StoreOpt,
+                 unsafe_single_writer: bool = UnsafeSingleWriterOpt):
     """Rewrite a job's index parts as a few large files and delete tars no row points at."""
     with handled():
         from voicefleet.tasks.render.job_index import compact_job
 
-        done = compact_job(store_of(store), job)
+        done = compact_job(store_of(store), job, unsafe_single_writer=unsafe_single_writer)
         console.print(f"job {job}: index files {done.files_before} -> {done.files_after} "
                       f"({done.written} written), orphaned tars removed: {len(done.orphans)}")
 

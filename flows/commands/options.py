@@ -13,8 +13,11 @@ DEFAULT_STORE = "./voicefleet-data"
 StoreOpt = typer.Option(DEFAULT_STORE, "--store", help="Object store root: a folder, file://, s3:// or gs:// URI.")
 TokenOpt = typer.Option(None, "--token", envvar="VOICEFLEET_TOKEN", show_envvar=True,
                         help="Signed principal token (from `voicefleet principal token`).")
-LocalOpt = typer.Option(False, "--local", help="Local mode: trust --as NAME (single-user machine; "
-                                               "also VOICEFLEET_LOCAL_MODE=1).")
+LocalOpt = typer.Option(False, "--local", help="Insist on local mode, where --as NAME is trusted: refused unless "
+                        "VOICEFLEET_LOCAL_MODE=1 and no VOICEFLEET_PRINCIPAL_KEY (a single-user machine).")
+UnsafeSingleWriterOpt = typer.Option(
+    False, "--unsafe-single-writer", help="Accept a store that cannot create an object only if absent (not a local "
+    "folder or S3): the job lease then cannot keep two runs of a job apart, so promise one at a time.")
 
 
 def store_of(uri: str):
@@ -41,8 +44,9 @@ def parse_when(value: Optional[str], option: str):
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
-def acting(token: Optional[str], name: Optional[str], local: bool) -> str:
-    """The principal a command acts as (tasks/safety/principal.py decides)."""
+def acting(token: Optional[str], name: Optional[str], local: bool, store: str) -> str:
+    """The principal a command acts as (tasks/safety/principal.py decides; a token is checked against
+    `store`'s revocation list)."""
     from voicefleet.tasks.safety.principal import resolve_principal
 
-    return resolve_principal(token, name, local=local).name
+    return resolve_principal(token, name, local=local, store=store).name

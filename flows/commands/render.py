@@ -8,7 +8,8 @@ from rich.table import Table
 
 from .console import console, err, progress_bars, quiet_logs
 from .exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, CLIError, handled
-from .options import LocalOpt, StoreOpt, TokenOpt, check_pretrained
+from .options import LocalOpt, StoreOpt, TokenOpt, UnsafeSingleWriterOpt, check_pretrained
+from .pretrained import base_choice
 
 
 def quality_settings(mode: Optional[str], retries: Optional[int], config_file: Optional[str], max_wer: Optional[float],
@@ -35,15 +36,31 @@ def print_render(summary: dict) -> int:
               str(summary["truncated"]), f"{summary['audio_s']:.1f}", str(summary["skipped_this_run"]))
     console.print(t)
     for line_id, error in summary.get("failures") or []:
-        console.print(f"  [yellow]{line_id}[/]: {error}", highlight=False)
+        console.print(f"  [red]failed[/] {line_id}: {error}", highlight=False)
+    for line_id, reason in summary.get("refusals") or []:
+        console.print(f"  [yellow]refused[/] {line_id}: {reason}", highlight=False)
+    if summary.get("not_in_script"):
+        console.print(f"{summary['not_in_script']} line(s) indexed by earlier runs are no longer in the script "
+                      "(kept, not counted above)", highlight=False)
+    if summary.get("unwritten_this_run"):
+        console.print(f"[yellow]{summary['unwritten_this_run']} rendered line(s) could not be written[/]: rerun the "
+                      "same command to render them", highlight=False)
     console.print(f"output: {summary['output']}")
     if summary.get("report"):
         console.print(f"report: {summary['report']}")
     print_qc(summary)
     if summary.get("untrained_voices"):
         console.print(f"[yellow]note[/]: voices {', '.join(summary['untrained_voices'])} come from an untrained "
-                      "(random-weight) base model: their audio is not speech. Use --pretrained for real voices.")
-    return EXIT_OK if summary["ok"] == summary["lines"] else EXIT_PARTIAL
+                      "(random-weight) base model: their audio is not speech. Enroll them from official weights for real "
+                      "voices (`voicefleet pretrained pull`, then `voicefleet enroll`).")
+    return render_exit_code(summary)
+
+
+def render_exit_code(summary: dict) -> int:
+    """0 only when the job is complete (every current script line has a row made from it) and none
+    of those lines failed or was refused; else 4."""
+    done = summary["status"] == "complete" and not summary["failed"] and not summary["refused"]
+    return EXIT_OK if done else EXIT_PARTIAL
 
 
 def print_qc(summary: dict) -> None:
@@ -60,7 +77,7 @@ def print_qc(summary: dict) -> None:
 
 
 def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .jsonl, .parquet)."),
-           principal: Optional[str] = typer.Option(None, "--as", help="Who renders, by name: only with --local."),
+           principal: Optional[str] = typer.Option(None, "--as", help="Who renders, by name: only in local mode."),
            token: Optional[str] = TokenOpt,
            local: bool = LocalOpt,
            store: str = StoreOpt,
@@ -70,7 +87,8 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
            cpus: float = typer.Option(1.0, help="CPUs per actor."),
            batch_size: int = typer.Option(16, help="Lines per synthesis batch."),
            lines_per_shard: int = typer.Option(256, help="Lines per output shard."),
-           pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model)."),
+           pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model; "
+                                                    "default: the one `voicefleet pretrained pull` fetched, if any)."),
            retry_failed: bool = typer.Option(False, "--retry-failed", help="Render lines that failed in earlier runs again."),
            max_chars: int = typer.Option(2000, min=1, help="Longest line text accepted (characters); longer lines are refused."),
            voice_cache: int = typer.Option(4, min=1, help="Loaded voices kept per synthesis actor."),
@@ -91,7 +109,8 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
            true_peak: float = typer.Option(-1.0, help="True-peak ceiling (dBTP, 4x oversampled)."),
            silence_pad: float = typer.Option(0.1, help="Seconds of silence kept before and after each line."),
            max_stretch: float = typer.Option(0.15, help="Largest time-stretch for target_seconds, as a fraction of "
-                                             "the duration (after the model's speed).")):
+                                             "the duration (after the model's speed)."),
+           unsafe_single_writer: bool = UnsafeSingleWriterOpt):
     """Render a script into WebDataset shards + a Parquet index under renders/<job>/."""
     with handled():
         quality = quality_settings(qc, qc_retries, qc_config, max_wer, min_similarity, asr_model, loudness_lufs,
@@ -104,23 +123,26 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
             resolve_precision(None if precision == "auto" else precision, torch.device("cuda" if gpus > 0 else "cpu"))
         except ValueError as e:
             raise CLIError(f"--precision: {e}", EXIT_BAD_INPUT) from None
-        from voicefleet.flows.render import check_voices_known, make_plan, render_script
-        from voicefleet.tasks.safety.principal import flow_claim, resolve_principal
+        from voicefleet.flows.render import check_voices_known, make_plan, render_as
+        from voicefleet.tasks.safety.principal import resolve_principal
 
-        who = resolve_principal(token, principal, local=local)
+        who = resolve_principal(token, principal, local=local, store=store)
+        given = pretrained
+        pretrained, base = base_choice(pretrained)
         check_pretrained(pretrained)
+        if pretrained and not given:
+            console.print(f"Chinese BERT features from the {base}", highlight=False)
         plan = make_plan(script, store, who.name, max_chars)  # the one read of the script
         unknown = check_voices_known(plan, script, store)
         if unknown:
             err.print(f"[yellow]warning[/]: unknown voice(s) {', '.join(unknown)}: their lines will be refused")
         quiet_logs()
         with progress_bars():
-            summary = render_script(script, flow_claim(who, token), store, job_id=job,
-                                    pretrained=pretrained, actors=actors, num_gpus=gpus, num_cpus=cpus,
-                                    batch_size=batch_size, lines_per_shard=lines_per_shard, retry_failed=retry_failed,
-                                    max_chars=max_chars, voice_cache=voice_cache, plan=plan,
-                                    precision=None if precision == "auto" else precision, local=who.via == "local",
-                                    **quality)
+            summary = render_as(who, script, store, plan=plan, job_id=job, pretrained=pretrained, actors=actors,
+                                num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard,
+                                retry_failed=retry_failed, max_chars=max_chars, voice_cache=voice_cache,
+                                precision=None if precision == "auto" else precision,
+                                unsafe_single_writer=unsafe_single_writer, **quality)
         if summary.get("dashboard"):
             console.print(f"Ray dashboard: {summary['dashboard']}")
         raise typer.Exit(print_render(summary))

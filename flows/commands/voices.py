@@ -40,16 +40,22 @@ def voices_show(voice: str = typer.Argument(..., help="Voice id."), store: str =
 
 @app.command("rollback")
 def voices_rollback(voice: str = typer.Argument(..., help="Voice id."),
-                    to: Optional[int] = typer.Option(None, "--to", help="Version to make current (default: the one before the current)."),
-                    store: str = StoreOpt):
-    """Make an earlier version of a voice current again."""
+                    to: Optional[int] = typer.Option(None, "--to", help="Version to make current (default: the newest "
+                                                     "before the current one that did not fail its quality gate)."),
+                    allow_gate_failed: bool = typer.Option(False, "--allow-gate-failed", "--force",
+                                                           help="Let --to name a version that failed its quality gate "
+                                                                "(--force is the same flag)."),
+                    principal: Optional[str] = typer.Option(None, "--as", help="Who rolls back, by name: only with --local."),
+                    token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
+    """Make an earlier version of a voice current again (owner or admin only; audited first)."""
     with handled():
+        actor = acting(token, principal, local, store)
         from voicefleet.tasks.voices.manage import rollback
 
-        done = rollback(store_of(store), voice, to)
+        done = rollback(store_of(store), voice, to, actor, allow_gate_failed=allow_gate_failed)
         before, after, v = done.before, done.after, done.version
         gate = v.evaluation.get("gate", {})
-        console.print(f"voice {voice}: current version {before or '-'} -> {after.current_version} "
+        console.print(f"voice {voice}: current version {before or '-'} -> {after.current_version} by {actor} "
                       f"(base {v.base_model}, {v.pipeline_version or 'pipeline version not recorded'}, "
                       f"gate {'passed' if gate.get('passed') else 'not passed: ' + '; '.join(gate.get('reasons', [])) if gate else 'not recorded'})",
                       highlight=False)
@@ -63,7 +69,7 @@ def voices_grant(voice: str = typer.Argument(..., help="Voice id."),
                  token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
     """Let a principal render with a voice (owner or admin only; bounded by the speaker's consent scope)."""
     with handled():
-        actor = acting(token, principal, local)
+        actor = acting(token, principal, local, store)
         from voicefleet.tasks.voices.manage import grant
 
         rec = grant(store_of(store), voice, to, parse_when(expires, "--expires"), actor)
@@ -79,7 +85,7 @@ def voices_revoke(voice: str = typer.Argument(..., help="Voice id."),
                   token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
     """End a principal's grant: render jobs started from now on refuse its lines."""
     with handled():
-        actor = acting(token, principal, local)
+        actor = acting(token, principal, local, store)
         from voicefleet.tasks.voices.manage import revoke
 
         removed = revoke(store_of(store), voice, frm, actor)
@@ -93,7 +99,7 @@ def voices_withdraw(voice: str = typer.Argument(..., help="Voice id."),
                     token: Optional[str] = TokenOpt, local: bool = LocalOpt, store: str = StoreOpt):
     """Record that the speaker withdrew consent: every render job started from now on is refused."""
     with handled():
-        actor = acting(token, principal, local)
+        actor = acting(token, principal, local, store)
         from voicefleet.tasks.voices.manage import withdraw
 
         rec = withdraw(store_of(store), voice, actor)

@@ -25,6 +25,7 @@ import numpy as np
 from voicefleet.tasks.measure.audio import resample, write_audio
 from voicefleet.tasks.safety.consent import CONSENT_FILE, Consent, ConsentScope
 
+from .sentences import EN_ENROLL
 from .voices import DemoVoice, Language, LanguageMode, demo_speakers, load_engine
 
 __all__ = ["EN_ENROLL", "JA_ENROLL", "build_demo_enrollment", "consent_phrase"]
@@ -41,38 +42,6 @@ _MAX_SPEECH_S = MAX_CLIP_S - _LEAD_S - _TAIL_S
 # ----------------------------------------------------------------------------------------------
 # what the speakers say
 
-EN_ENROLL = (
-    "The morning bus was late again, so I walked to work.",
-    "Please put the green folder on the top shelf.",
-    "We planted tomatoes and beans behind the old garage.",
-    "Could you tell me where the nearest pharmacy is?",
-    "The children laughed when the puppy chased its own tail.",
-    "A cold wind blew across the harbour all night.",
-    "She finished the crossword before her coffee got cold.",
-    "My grandfather still repairs clocks in his small workshop.",
-    "The concert starts at eight, so we should leave soon.",
-    "He painted the kitchen a bright shade of yellow.",
-    "Fresh bread smells wonderful on a rainy afternoon.",
-    "The library will be closed for repairs next week.",
-    "They sailed along the coast until the fog rolled in.",
-    "I usually read a few pages before going to sleep.",
-    "The recipe calls for two eggs and a cup of flour.",
-    "Our neighbours are moving to a farm in the north.",
-    "Turn left at the bakery and follow the river path.",
-    "The museum has a new exhibit about ancient maps.",
-    "Nobody expected the quiet student to win the debate.",
-    "The kettle whistled while we talked about the holiday.",
-    "Remember to water the plants while I'm away.",
-    "The football match was cancelled because of the storm.",
-    "A small boat drifted slowly past the lighthouse.",
-    "Her laugh could be heard from across the room.",
-    "We need more chairs for the meeting this afternoon.",
-    "The train to the city leaves from platform four.",
-    "He forgot his umbrella and got soaked on the way home.",
-    "The mountain trail is steep, but the view is worth it.",
-    "Every summer the village holds a music festival.",
-    "I think the printer on the second floor is broken again.",
-)
 
 # (text, kana reading as pronounced: particles は/を/へ as ワ/オ/エ, long vowels as ー)
 JA_ENROLL = (

@@ -21,7 +21,7 @@ from voicefleet.tasks.train.finetune import Recipe
 from .enrollment import build_demo_enrollment
 from .script import build_demo_script
 
-OWNER = "user:demo"  # who owns the demo's voices and renders them (local mode)
+OWNER = "user:demo"  # who owns the demo's voices and renders them
 ENROLL_KEY = "demo/enroll"
 SCRIPT_KEY = "demo/script.csv"
 
@@ -61,7 +61,8 @@ def enrolled_voices(summary: dict) -> list[str]:
 
 def render(store: str, voices: list[str], lines: int, pretrained: str | None) -> dict:
     """Write a `lines`-line script for `voices` to `demo/script.csv` and render it as the demo owner."""
-    from voicefleet.flows.render import render_script
+    from voicefleet.flows.render import render_as
+    from voicefleet.tasks.safety.principal import Principal
 
     rows = build_demo_script(voices, lines)
     buf = io.StringIO()
@@ -70,4 +71,5 @@ def render(store: str, voices: list[str], lines: int, pretrained: str | None) ->
     w.writerows(rows)
     s = Store(store)
     s.write_text(SCRIPT_KEY, buf.getvalue())
-    return render_script(s.url(SCRIPT_KEY), OWNER, store, pretrained=pretrained, local=True)
+    # the demo names no one from outside: it renders the voices it just enrolled, as their owner
+    return render_as(Principal(OWNER, "demo"), s.url(SCRIPT_KEY), store, pretrained=pretrained)

@@ -1,5 +1,5 @@
-"""Text frontend of GPT-SoVITS v2: normalisation, G2P (English, Chinese), language runs, sentence
-cutting and per-phone BERT features. Entry point: ``TextFrontend``."""
+"""Text frontend of GPT-SoVITS v2: normalisation, G2P (English, Chinese, Japanese, Korean, Cantonese),
+language runs, sentence cutting and per-phone BERT features. Entry point: ``TextFrontend``."""
 
 from .bert import BertFeaturizer
 from .cut import METHODS as CUT_METHODS

@@ -8,7 +8,8 @@ that is not a Chinese character or such punctuation is removed and repeated punc
 
 Deliberate differences: unit abbreviations ("kg", "m", "s", ...) are only expanded right after a number
 (upstream replaced them anywhere, turning "Tom" into "To米"), longest first (upstream read "mm" as
-"米米"); a time range reads "半" from its own minutes.
+"米米"); a time range reads "半" from its own minutes. ``normalize_sentence(s, strict=True)`` keeps
+upstream's behaviour in both (the Cantonese frontend, held to upstream's tables, uses it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ UNITS = {  # longest first
     "kg": "千克", "km": "千米", "m": "米", "s": "秒",
 }
 RE_UNIT = re.compile(r"(?<=\d)\s?(" + "|".join(map(re.escape, UNITS)) + r")(?![A-Za-z])")
+# strict: upstream's order of plain replacements anywhere in the sentence
+_UPSTREAM_UNIT_ORDER = ("cm2", "cm²", "cm3", "cm³", "cm", "db", "ds", "kg", "km", "m2", "m²", "m³", "m3", "ml", "m",
+                        "mm", "s")
 _SYMBOLS = dict(zip("①②③④⑤⑥⑦⑧⑨⑩", "一二三四五六七八九十")) | {
     "/": "每", "+": "加", "-": "减", "×": "乘", "÷": "除", "=": "等",
     "α": "阿尔法", "β": "贝塔", "γ": "伽玛", "Γ": "伽玛", "δ": "德尔塔", "Δ": "德尔塔", "ε": "艾普西龙",
@@ -89,10 +93,11 @@ def _minutes(s: str) -> str:
     return ("零" if s.startswith("0") else "") + number(s.lstrip("0"))
 
 
-def _clock(hour: str, minute: str, second: str | None) -> str:
+def _clock(hour: str, minute: str, second: str | None, half_if: str | None = None) -> str:
+    """``half_if``: the minutes that decide "半" (upstream's time ranges test the first time's)."""
     out = number(hour) + "点"
     if minute.lstrip("0"):
-        out += "半" if int(minute) == 30 else _minutes(minute) + "分"
+        out += "半" if int(half_if or minute) == 30 else _minutes(minute) + "分"
     if second and second.lstrip("0"):
         out += _minutes(second) + "秒"
     return out
@@ -124,18 +129,31 @@ def _quantity(m: re.Match) -> str:
     return ("两" if n == "二" else n) + more + m.group(3)
 
 
-def normalize_sentence(s: str) -> str:
+def _time_range(m: re.Match, strict: bool) -> str:
+    return _clock(*m.group(1, 2, 3)) + "至" + _clock(*m.group(4, 5, 6), half_if=m.group(2) if strict else None)
+
+
+def _units(s: str, strict: bool) -> str:
+    if not strict:
+        return RE_UNIT.sub(lambda m: UNITS[m.group(1)], s)
+    for unit in _UPSTREAM_UNIT_ORDER:
+        s = s.replace(unit, UNITS[unit])
+    return s
+
+
+def normalize_sentence(s: str, strict: bool = False) -> str:
+    """One sentence normalised; ``strict``: upstream's unit replacement and time ranges (module docstring)."""
     t2s, re_quantity = _tables()
     s = s.translate(t2s).translate(_FULL_WIDTH)
     s = RE_DATE.sub(_date, s)
     s = RE_DATE2.sub(lambda m: f"{digits(m.group(1))}年{cardinal(m.group(3))}月{cardinal(m.group(4))}日", s)
-    s = RE_TIME_RANGE.sub(lambda m: _clock(*m.group(1, 2, 3)) + "至" + _clock(*m.group(4, 5, 6)), s)
+    s = RE_TIME_RANGE.sub(lambda m: _time_range(m, strict), s)
     s = RE_TIME.sub(lambda m: _clock(*m.group(1, 2, 3)), s)
     s = RE_TO_RANGE.sub(lambda m: m.group(0).replace("~", "至"), s)
     s = RE_TEMPERATURE.sub(
         lambda m: ("零下" if m.group(1) else "") + number(m.group(2)) + ("摄氏度" if m.group(4) == "摄氏度" else "度"), s
     )
-    s = RE_UNIT.sub(lambda m: UNITS[m.group(1)], s)
+    s = _units(s, strict)
     while RE_ARITHMETIC.search(s):
         s = RE_ARITHMETIC.sub(lambda m: m.group(1) + _ARITHMETIC[m.group(8)] + m.group(9), s)
     s = RE_POWER.sub(lambda m: "的" + m.group(0).translate(str.maketrans(_SUP, "0123456789xyn")) + "次方", s)

@@ -6,8 +6,13 @@
 
 Like upstream's TTS pipeline, a text is split into language runs (``language.segment``), each run is
 cleaned on its own (normalisation + G2P + the "<4 phones -> leading ','" English rule), BERT features
-are computed for Chinese runs (zeros elsewhere) and everything is concatenated; a result of fewer than
-6 phones is redone once with a leading "." (upstream's guard for very short inputs).
+are computed for Chinese runs (zeros elsewhere, Cantonese included, as upstream) and everything is
+concatenated; a result of fewer than 6 phones is redone once with a leading "." (upstream's guard for
+very short inputs).
+
+Run languages: "en" (english.py), "zh" (chinese.py), "ja" (japanese.py: pyopenjtalk),
+"ko" (korean.py: g2pk2 + MeCab) and "yue" (cantonese.py: ToJyutping). The Japanese, Korean and
+Cantonese modules are imported on first use.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from importlib import import_module
 
 import torch
 
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 # Upstream's pause controls in Chinese text: every "," pause of such a line becomes this symbol.
 SPECIAL_PAUSES = {"￥": "SP2", "^": "SP3"}
 MIN_PHONES = 6
+_MODULES = {"ja": ".japanese", "ko": ".korean", "yue": ".cantonese"}
 
 
 class EmptyText(ValueError):
@@ -37,17 +44,17 @@ class EmptyText(ValueError):
 @dataclass
 class CleanSegment:
     text: str
-    lang: str  # "zh" | "en"
+    lang: str  # "zh" | "en" | "ja" | "ko" | "yue"
     norm_text: str
     phones: list[str]
-    word2ph: list[int] | None  # phones per character of norm_text (Chinese only)
+    word2ph: list[int] | None  # phones per character of norm_text (Chinese and Cantonese only)
 
 
 @dataclass
 class PhoneSequence:
     phones: list[str]
     ids: list[int]
-    word2ph: list[int] | None  # per character of norm_text; None unless every segment is Chinese
+    word2ph: list[int] | None  # per character of norm_text; None unless every segment has one (zh, yue)
     norm_text: str
     segments: list[CleanSegment] = field(default_factory=list)
 
@@ -83,6 +90,10 @@ def clean_text(text: str, lang: str) -> tuple[list[str], list[int] | None, str]:
     elif lang == "en":
         norm_text = english.text_normalize(text)
         phones, word2ph = english.g2p(norm_text), None
+    elif lang in _MODULES:
+        module = import_module(_MODULES[lang], __package__)
+        norm_text = module.text_normalize(text)
+        phones, word2ph = module.g2p(norm_text) if lang == "yue" else (module.g2p(norm_text), None)
     else:
         raise ValueError(f"no cleaner for language run {lang!r}")
     return [p if p in symbol_to_id else UNK for p in phones], word2ph, norm_text
@@ -125,14 +136,14 @@ class TextFrontend:
         return segments
 
     def phonemize(self, text: str, language: str) -> PhoneSequence:
-        """Phones and ids of ``text`` read in ``language`` ("en", "zh", "all_zh", "auto")."""
+        """Phones and ids of ``text`` read in ``language`` (a code of ``language.LANGUAGES``)."""
         segments = self._segments(text, language)
         phones = [p for s in segments for p in s.phones]
-        all_zh = all(s.word2ph is not None for s in segments)
+        per_char = all(s.word2ph is not None for s in segments)
         return PhoneSequence(
             phones=phones,
             ids=cleaned_text_to_sequence(phones),
-            word2ph=[n for s in segments for n in s.word2ph] if all_zh else None,
+            word2ph=[n for s in segments for n in s.word2ph] if per_char else None,
             norm_text="".join(s.norm_text for s in segments),
             segments=segments,
         )
@@ -155,4 +166,4 @@ class TextFrontend:
         return Features(torch.tensor(ids, dtype=torch.long), torch.cat(feats, dim=1), "".join(s.norm_text for s in segments), missing)
 
 
-__all__ = ["TextFrontend", "PhoneSequence", "CleanSegment", "Features", "EmptyText", "clean_text"]
+__all__ = ["CleanSegment", "EmptyText", "Features", "PhoneSequence", "TextFrontend", "clean_text"]

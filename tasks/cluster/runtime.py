@@ -8,20 +8,26 @@ Secrets never travel through Ray: a `runtime_env` is stored in the GCS and shown
 Workers get credentials from their own environment or role -- on a local cluster they are children
 of `ray.init` and inherit the driver's environment as it is at that moment; on KubeRay every pod
 gets them from a Secret (`envFrom`) or an IAM role (IRSA), see the README. When joining an existing
-cluster only non-secret settings are forwarded (`worker_env`): the S3 endpoint and region, and
-voicefleet's own switches.
+cluster only the settings named in `FORWARDED_ENV` are forwarded (`worker_env`), an allowlist:
+the S3 endpoint and region, the offline switches and the few voicefleet settings a worker reads.
+Anything else stays behind, whatever its name (``VOICEFLEET_PASSWD``, a new credential variable),
+and an endpoint URL is forwarded without its user, password, query and fragment
+(``https://user:pass@minio:9000`` goes as ``https://minio:9000``).
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import ray
 
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-FORWARDED_ENV_PREFIXES = ("VOICEFLEET_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+URL_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+"""Forwarded as URLs: scheme, host, port and path only."""
+FORWARDED_ENV = (*URL_ENV, "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                 "VOICEFLEET_DEBUG", "VOICEFLEET_ASR_MODEL")
+"""Every variable a worker may receive through `runtime_env`; adding one is a reviewed change."""
 _dashboard: str | None = None  # from ray.init's context, kept for later calls
 
 
@@ -40,11 +46,33 @@ class Resources:
         return "cuda" if self.num_gpus > 0 else "cpu"
 
 
+def _bare_url(name: str, value: str) -> str | None:
+    """`value` as scheme://host[:port][/path] (credentials, query and fragment dropped); None if not a URL."""
+    try:
+        parts = urlsplit(value.strip())
+        scheme, host, port = parts.scheme, parts.hostname, parts.port
+    except ValueError:  # e.g. a port that is not a number
+        scheme = host = None
+    if not scheme or not host:
+        logging.getLogger(__name__).warning("%s is not a URL with a host; not forwarded to Ray workers", name)
+        return None
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        logging.getLogger(__name__).warning("%s carries credentials, a query or a fragment: forwarded to Ray "
+                                            "workers without them", name)
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, netloc + (f":{port}" if port is not None else ""), parts.path, "", ""))
+
+
 def worker_env() -> dict[str, str]:
-    """Non-secret settings a worker of an existing cluster needs: endpoint, region, voicefleet switches."""
-    return {k: v for k, v in os.environ.items()
-            if (k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES))
-            and not any(word in k.upper() for word in _SECRET_WORDS)}
+    """The settings a worker of an existing cluster gets: those in `FORWARDED_ENV` that are set, URLs bare."""
+    out = {}
+    for name in FORWARDED_ENV:
+        value = os.environ.get(name)
+        if value is not None and name in URL_ENV:
+            value = _bare_url(name, value)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> str | None:
@@ -98,3 +126,38 @@ def check_store_for_cluster(store) -> None:
             f"store {store.uri} is a local folder but the Ray cluster has {len(nodes)} nodes: each node would "
             "write to its own disk and the job's files would be scattered; use an object store (s3://...) "
             "or a single-node cluster")
+
+
+class ClusterTooSmall(ValueError):
+    """The actors a job asks for cannot all be placed on the Ray cluster as it is."""
+
+
+def actors_that_fit(resources: Resources, nodes: list[dict]) -> int:
+    """How many actors of `resources` the alive nodes' total resources hold (each actor on one node)."""
+    fit = 0
+    for node in nodes:
+        have = node.get("Resources") or {}
+        counts = [int(have.get("CPU", 0.0) / resources.num_cpus + 1e-9) if resources.num_cpus > 0 else None,
+                  int(have.get("GPU", 0.0) / resources.num_gpus + 1e-9) if resources.num_gpus > 0 else None]
+        counts = [c for c in counts if c is not None]
+        fit += min(counts) if counts else 1 << 20
+    return fit
+
+
+def check_resources(resources: Resources, actors: int) -> None:
+    """Refuse, before any work, a pool of `actors` that the cluster cannot place (call after ensure_ray).
+
+    Without this Ray Data waits forever for actors no node can hold (e.g. `--gpus 1` on a CPU-only
+    cluster). Counted against each alive node's total resources, so work already running on the
+    cluster may still delay the start: `render_lines` bounds that wait (`actor_start_timeout_s`).
+    """
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fit = actors_that_fit(resources, nodes)
+    if fit >= actors:
+        return
+    total_cpu = sum((n.get("Resources") or {}).get("CPU", 0.0) for n in nodes)
+    total_gpu = sum((n.get("Resources") or {}).get("GPU", 0.0) for n in nodes)
+    raise ClusterTooSmall(
+        f"{actors} actor(s) of {resources.num_cpus:g} CPU and {resources.num_gpus:g} GPU each do not fit the Ray "
+        f"cluster ({len(nodes)} node(s), {total_cpu:g} CPUs, {total_gpu:g} GPUs in all): at most {fit} fit. "
+        "Lower --actors, --cpus or --gpus, or add nodes")

@@ -9,7 +9,8 @@ modified.
     consent -> for each file: decode by content (tasks/enroll/decode.py) -> 16 kHz analysis copy
       -> VAD (tasks/enroll/vad.py) -> per-file checks (tasks/enroll/speech_checks.py) -> slice in pauses
       (tasks/enroll/slicing.py) -> one-speaker check over the whole upload -> speech minimum
-      -> transcripts (given or ASR, tasks/enroll/transcribe.py) -> reference clip
+      -> transcripts (given, aligned to a long file's slices (tasks/enroll/align.py), or ASR,
+      tasks/enroll/transcribe.py) -> reference clip
 
 A file that fails is reported by name with its reason and left out; the rest of the speaker goes
 on. The speaker is rejected when what is left is not enough clean speech of one voice.
@@ -36,6 +37,7 @@ from voicefleet.tasks.safety.watermark import SyntheticAudio, refuse_marked
 from voicefleet.tasks.store.ids import InvalidId
 from voicefleet.tasks.store.storage import Store
 
+from .align import AlignmentError, align_transcript
 from .decode import decode_upload
 from .slicing import slice_points
 from .speech_checks import FileMeasures, QCConfig, count_speakers, measure_file, speaker_problem
@@ -149,6 +151,20 @@ class _Slice:
     x32: np.ndarray  # (T,) at 32 kHz
     speech_s: float
     whole_file: bool
+    span: tuple[int, int] = (0, 0)  # 16 kHz sample range in the file
+    file_x16: np.ndarray | None = None  # the whole file (shared, not copied), to merge slices
+    file_x32: np.ndarray | None = None
+
+
+def _merge(parts: list[_Slice]) -> _Slice:
+    """Consecutive slices of one file as one (the pauses between them kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    a, b = parts[0].span[0], parts[-1].span[1]
+    k = SR // VAD_RATE
+    f = parts[0]
+    return _Slice(f.file, _label(f.file, a, b, False), f.file_x16[a:b], f.file_x32[a * k:b * k],
+                  sum(p.speech_s for p in parts), False, (a, b), f.file_x16, f.file_x32)
 
 
 def _analyse_file(name: str, data: bytes, qc: QCConfig) -> tuple[FileMeasures, list[_Slice], list[tuple[str, np.ndarray]]]:
@@ -163,20 +179,61 @@ def _analyse_file(name: str, data: bytes, qc: QCConfig) -> tuple[FileMeasures, l
     x32 = resample(dec.audio, dec.sample_rate, SR)
     k = SR // VAD_RATE
     whole = len(ranges) == 1
-    slices = [_Slice(name, _label(name, s, e, whole), x16[s:e], x32[s * k:e * k], float(mask[s:e].sum()) / VAD_RATE, whole)
+    slices = [_Slice(name, _label(name, s, e, whole), x16[s:e], x32[s * k:e * k], float(mask[s:e].sum()) / VAD_RATE, whole,
+                     (s, e), x16, x32)
               for s, e in ranges]
     pieces = [(name, x16[s:e]) for s, e in segments if e - s >= qc.speaker_piece_s * VAD_RATE]
     return measures, slices, pieces
 
 
+def _given_texts(slices: list[_Slice], given: dict, default_language: str, transcriber: Transcriber,
+                 problems: list[str]) -> list[tuple[_Slice, str | None, str]]:
+    """(slice, text or None for ASR, how: "given" | "aligned" | "asr") for every slice, in order.
+
+    A file in one piece takes its given text; a file cut into slices gets its given text aligned to
+    them (slices merged where a cut would split a sentence). An alignment that fails is named in
+    `problems`, and the file's slices go to ASR (which rejects them where the language has no model).
+    """
+    out: list[tuple[_Slice, str | None, str]] = []
+    i = 0
+    while i < len(slices):
+        name = slices[i].file
+        j = i
+        while j < len(slices) and slices[j].file == name:
+            j += 1
+        group, i = slices[i:j], j
+        row = given.get(name)
+        language = row.language if row and row.language else default_language
+        if not (row and row.text):
+            out += [(s, None, "asr") for s in group]
+            continue
+        if group[0].whole_file:
+            out.append((group[0], row.text, "given"))
+            continue
+        try:
+            pieces, why = align_transcript(row.text, language, [s.speech_s for s in group])
+        except AlignmentError as e:
+            problems.append(f"{name}: its transcript was not used: {e}")
+            out += [(s, None, "asr") for s in group]
+            continue
+        problems += [f"{name}: {w}" for w in why]
+        out += [(_merge(group[p.first:p.last + 1]), p.text, "aligned") for p in pieces]
+        if not transcriber.supports(language):
+            problems.append(f"{name}: transcript aligned to {len(pieces)} slice(s) by sentence length, not checked "
+                            f"(no speech recognition for {language!r})")
+    return out
+
+
 def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_id: str | None = None,
-                   transcriber: Transcriber | None = None) -> SpeakerUpload:
+                   transcriber: Transcriber | None = None, reviews: Store | None = None) -> SpeakerUpload:
     """Decode and check one speaker folder; raises RejectedSpeaker with every reason found.
 
     Args:
         speaker: the folder's name under the enrollment root (any name a person gives).
         voice_id: the id to register under; derived from the name when not given.
         transcriber: ASR for files without transcripts (built from `qc.asr_model` when needed).
+        reviews: the voicefleet store, where admins' consent approvals are kept
+            (tasks/safety/consent_review.py); without it a language with no ASR model is rejected.
     """
     qc = qc or QCConfig()
     try:
@@ -232,14 +289,16 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
     transcriber = transcriber or Transcriber(qc.asr_model, qc.max_no_speech_prob)
     asr_before = transcriber.calls
     utts: list[Utterance] = []
-    for s in slices:
+    for s, text, how in _given_texts(slices, given, default_language, transcriber, problems):
         row = given.get(s.file)
         language = (row.language if row and row.language else default_language)
-        if row and row.text and s.whole_file:
-            utts.append(Utterance(s.label, row.text, language, s.x32))
-            continue
         try:
-            utts.append(Utterance(s.label, transcriber.recognise(s.x16, language, s.label), language, s.x32))
+            if how == "aligned" and transcriber.supports(language):
+                reason = transcriber.check_aligned(s.x16, text, language, s.label)
+                if reason:
+                    raise NoTranscript(reason)
+            utts.append(Utterance(s.label, text if text is not None else transcriber.recognise(s.x16, language, s.label),
+                                  language, s.x32))
         except NoTranscript as e:
             problems.append(str(e))
             speech = max(0.0, speech - s.speech_s)
@@ -251,7 +310,8 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
     try:
         if not qc.allow_synthetic:
             refuse_marked([(u.file, u.audio) for u in utts], SR)
-        check = verify_upload_consent(src, speaker, consent, [u.audio for u in utts], SR, [u.language for u in utts])
+        check = verify_upload_consent(src, speaker, consent, [u.audio for u in utts], SR, [u.language for u in utts],
+                                      voice_id=voice_id, reviews=reviews)
     except SyntheticAudio as e:
         reject([str(e)])
     except ConsentError as e:

@@ -81,6 +81,43 @@ class ASR:
         return Transcript(text, language, logprob, no_speech)
 
 
+    def transcribe_many(self, wavs: list[np.ndarray], sample_rate: int, language: str) -> list[Transcript]:
+        """Transcripts of several clips (each (T,) float32 mono at `sample_rate`), decoded as one batch:
+        one encoder pass and one greedy/beam decode over every clip of up to 30 s (Whisper's window),
+        without timestamps (so `avg_logprob` is over the words' tokens only, higher than `transcribe`'s);
+        a longer clip goes through `transcribe`. On a GPU this is one launch sequence per batch instead
+        of one per line."""
+        if not self.supports(language):
+            raise NoASRModel(f"no speech recognition model for language {language!r} "
+                             f"(available: {', '.join(ASR_LANGUAGES)})")
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = _model(self.model_path, self.device, self.compute_type, self.threads)
+        audio = [resample(np.asarray(w, dtype=np.float32), sample_rate, ASR_RATE) for w in wavs]
+        window = model.feature_extractor.chunk_length * ASR_RATE
+        out: list[Transcript | None] = [None] * len(audio)
+        short = [i for i, a in enumerate(audio) if len(a) <= window]
+        if short:
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                                  language=language)
+            prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+            features = np.stack([pad_or_trim(model.feature_extractor(audio[i])) for i in short])
+            results = model.model.generate(model.encode(features), [list(prompt) for _ in short],
+                                           beam_size=self.beam_size, max_length=model.max_length,
+                                           suppress_blank=True, suppress_tokens=[-1], return_scores=True,
+                                           return_no_speech_prob=True)
+            for i, r in zip(short, results):
+                ids = [t for t in r.sequences_ids[0] if t < tokenizer.eot]
+                # faster-whisper's avg_logprob: the length-normalised score back to a sum, over len + 1
+                logprob = r.scores[0] * len(ids) / (len(ids) + 1) if r.scores else float("-inf")
+                out[i] = Transcript(tokenizer.decode(ids).strip(), language, float(logprob), float(r.no_speech_prob))
+        for i, a in enumerate(audio):
+            if out[i] is None:
+                out[i] = self.transcribe(a, ASR_RATE, language)
+        return out
+
+
 # ---------------------------------------------------------------- word error rate
 _NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
             "7": "seven", "8": "eight", "9": "nine", "10": "ten"}

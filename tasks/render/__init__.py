@@ -9,9 +9,14 @@ line by line, refused for voices the caller may not use.
                                 retried; a bad line fails alone
     shards.py, index_schema.py, job_paths.py, index_read.py
                                 output: tar shards + index parts, their schema, keys and readers
-    job_index.py, job_lease.py, job_report.py, metrics.py
-                                a job as a whole: totals, compaction, one writer at a time, the
-                                HTML report, dashboard metrics
+    job_index.py, job_report.py, out_of_core.py
+                                a job as a whole, out of core: totals, compaction, orphans, the
+                                HTML report (DuckDB under a memory ladder)
+    job_lease.py, job_fence.py, process_identity.py, job_owner.py
+                                one writer at a time: the lease, the fence every index part
+                                passes, who a process is, who a job belongs to
+    job_cleanup.py, scratch.py, metrics.py
+                                work lists, fingerprints and temp folders nothing reads; metrics
 
 May import: voices, safety, measure, store, cluster, voicefleet.model. Must not: import enroll or train.
 """

@@ -1,13 +1,15 @@
 """One voice's lines rendered, post-processed and checked, failing lines rendered again.
 
     render_checked(synthesize, lines, post, qc, voice_key, mode) -> list[Checked], one per line
-      synthesize: list[LineRequest] -> list[LineAudio | Exception]   (one voice, one batched call)
+      synthesize: list[LineRequest] -> list[LineAudio | Exception]   (one batched call)
+      voice_key: the lines' voice for QC, or a list of one per line (a batch of several voices)
 
     attempt k = 0 .. retries (enforce) or 0 only (report / off), for the lines still pending:
-      synthesize with seed = retry_seed(line seed, k)
+      synthesize with seed = retry_seed(line seed, k, run)
       -> a line with target_seconds whose speech is off by more than the tolerance is synthesised
          again at the speed expected to meet it (bounded to the model's range), same seed
-      -> postprocess (trim, bounded stretch, loudness) -> QC -> done, or pending again
+      -> postprocess (trim, bounded stretch, loudness) -> QC of the attempt's lines as one batch
+         -> done, or pending again
 
 Every attempt's metrics go to `attempt_log`; a synthesis error ends the line at once (another
 seed does not fix a line the model refuses). In enforce mode a line that never passes fails, with
@@ -22,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .line_qc import LineQC, retry_seed
+from .line_qc import LineQC, QCLine, retry_seed
 from .postprocess import PostConfig, Processed, postprocess, speech_bounds, speed_for_target
 
 QUALITY_COLUMNS = ("loudness_lufs", "true_peak_dbtp", "wer", "asr_text", "speaker_similarity", "qc_passed",
@@ -66,10 +68,25 @@ def _fit_speeds(synthesize: Callable, reqs: list, results: list, targets: list[f
             log[i]["speed_refit"] = True
 
 
+def attempt_requests(lines: Sequence[tuple[Any, float | None]], pending: Sequence[int], attempt: int,
+                     run: int) -> list:
+    """The LineRequests of `attempt` (0: the first) for the lines at `pending`, each with its attempt's seed."""
+    return [replace(lines[i][0], settings=replace(lines[i][0].settings,
+                                                  seed=retry_seed(lines[i][0].settings.seed, attempt, run)))
+            for i in pending]
+
+
 def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any, float | None]], post: PostConfig,
-                   qc: LineQC | None, voice_key: Any, mode: str) -> list[Checked]:
-    """`lines`: (LineRequest, target_seconds or None) in order; `mode`: "off" | "report" | "enforce"."""
+                   qc: LineQC | None, voice_key: Any, mode: str, run: int = 1,
+                   first: list | None = None) -> list[Checked]:
+    """`lines`: (LineRequest, target_seconds or None) in order; `voice_key`: their voice (QC's reference),
+    or a list with each line's; `mode`: "off" | "report" | "enforce";
+    `run`: the job run (seeds differ per run and attempt: `retry_seed`); `first`: the results of
+    `synthesize(attempt_requests(lines, range(len(lines)), 0, run))` when the caller has already made
+    that call (the render actor synthesises a batch's first attempt while the batch before it is
+    still being checked)."""
     n = len(lines)
+    voice_keys = voice_key if isinstance(voice_key, list) else [voice_key] * n
     logs: list[list[dict]] = [[] for _ in range(n)]
     final: list[Checked | None] = [None] * n
     pending = list(range(n))
@@ -77,14 +94,12 @@ def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any
     for attempt in range(attempts):
         if not pending:
             break
-        reqs = [replace(lines[i][0], settings=replace(lines[i][0].settings,
-                                                      seed=retry_seed(lines[i][0].settings.seed, attempt)))
-                for i in pending]
+        reqs = attempt_requests(lines, pending, attempt, run)
         targets = [lines[i][1] for i in pending]
         entries = [{"attempt": attempt + 1, "seed": r.settings.seed} for r in reqs]
-        results = list(synthesize(reqs))
+        results = list(first) if attempt == 0 and first is not None else list(synthesize(reqs))
         _fit_speeds(synthesize, reqs, results, targets, post, entries)
-        still = []
+        still, done = [], []  # done: (i, req, res, target, entry, processed) of lines with audio
         for i, req, res, target, entry in zip(pending, reqs, results, targets, entries):
             entry["speed"] = round(float(req.settings.speed), 4)
             logs[i].append(entry)
@@ -94,17 +109,23 @@ def render_checked(synthesize: Callable[[list], list], lines: Sequence[tuple[Any
                 continue
             t0 = time.perf_counter()
             processed = postprocess(res.wav, res.sample_rate, post, target)
-            t1 = time.perf_counter()
             entry.update(truncated=bool(res.truncated), duration_s=round(processed.duration_s, 4),
                          stretch=round(processed.stretch, 4), loudness_lufs=_r(processed.loudness_lufs),
                          true_peak_dbtp=_r(processed.true_peak_dbtp),
-                         duration_deviation_s=_r(processed.duration_deviation_s))
-            result = None
-            if mode != "off" and qc is not None:
-                result = qc.check(voice_key, req.text, req.language, res.wav, res.sample_rate, res.truncated,
-                                  processed, post.duration_tolerance_s)
-                entry.update(result.metrics, passed=result.passed, reasons=result.reasons, notes=result.notes)
-            entry.update(postprocess_s=round(t1 - t0, 3), qc_s=round(time.perf_counter() - t1, 3))
+                         duration_deviation_s=_r(processed.duration_deviation_s),
+                         postprocess_s=round(time.perf_counter() - t0, 3))
+            done.append((i, req, res, target, entry, processed))
+        results_qc: list = [None] * len(done)
+        if mode != "off" and qc is not None and done:  # the attempt's lines scored as one batch
+            t0 = time.perf_counter()
+            results_qc = qc.check_many([QCLine(voice_keys[i], req.text, req.language, res.wav, res.sample_rate,
+                                               res.truncated, processed) for i, req, res, _, _, processed in done],
+                                       post.duration_tolerance_s)
+            per_line = round((time.perf_counter() - t0) / len(done), 3)
+        for (i, req, res, target, entry, processed), result in zip(done, results_qc):
+            if result is not None:
+                entry.update(result.metrics, passed=result.passed, reasons=result.reasons, notes=result.notes,
+                             qc_s=per_line)  # the batch's QC time, shared out
             cols = _columns(processed, result, target, logs[i], res.truncated)
             if result is None or result.passed or mode != "enforce":
                 final[i] = Checked(processed, None, cols)

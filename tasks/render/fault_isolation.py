@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
+from .job_lease import JobLeaseLost
+
 T = TypeVar("T")
 _TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                     "ClientPayloadError", "ServerDisconnectedError", "SlowDown", "ServiceUnavailable",
@@ -24,7 +26,10 @@ _TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the same call may succeed a moment later."""
+    """Worth retrying: the same call may succeed a moment later. Never a lost job lease, even one raised
+    from a network error: the run must stop, not try again."""
+    if any(isinstance(e, JobLeaseLost) for e in _chain(exc)):
+        return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):

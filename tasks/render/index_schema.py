@@ -52,6 +52,9 @@ INDEX_SCHEMA = pa.schema([
     pa.field("qc_passed", pa.bool_()),
     pa.field("qc_reasons", pa.string()),                # "; "-joined reasons a line failed QC
     pa.field("attempt_log", pa.string()),               # JSON list, one object per attempt
+    # -- added by issue 21 ---------------------------------------------------------------------
+    pa.field("line_hash", pa.string()),                 # what made the row (tasks/render/plan.py); a
+                                                        # resume re-renders a line whose hash changed
 ])
 
 # Columns the writer derives from the FLAC bytes and where it put them; callers never set these.

@@ -22,7 +22,7 @@ from typing import Any
 # The text frontend's languages (voicefleet.model.text.language.LANGUAGES; a test keeps the two
 # equal). Not imported from there: that package loads torch and transformers (~8 s, ~600 MB),
 # and the plan runs on the driver.
-LANGUAGES = ("en", "zh", "all_zh", "auto")
+LANGUAGES = ("en", "zh", "all_zh", "ja", "all_ja", "ko", "all_ko", "yue", "all_yue", "auto", "auto_yue")
 DEFAULT_MAX_CHARS = 2000  # one line's text; the Synthesizer splits it at sentence boundaries
 
 

@@ -1,7 +1,8 @@
 """Per-line quality control of rendered speech: is it the text, in the voice, whole and audible?
 
-    LineQC(QCConfig).check(voice_key, text, language, raw (T,), sr, truncated, Processed)
-      -> QCResult(passed, reasons, metrics)
+    LineQC(QCConfig, device=...).check_many([QCLine(voice_key, text, language, raw (T,), sr, truncated,
+                                                    Processed), ...]) -> [QCResult(passed, reasons, metrics)]
+    (one speaker-model pass per batch of lines, and on a GPU one batched ASR decode; `check` scores one)
 
 Checks (thresholds in `QCConfig`, one place):
 - intelligibility: word error rate of an ASR transcript against the text (tasks/measure/asr.py; English
@@ -93,9 +94,13 @@ class QCConfig:
         return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def retry_seed(seed: int, attempt: int) -> int:
-    """The seed of attempt `attempt` (0: the line's own seed), derived deterministically."""
-    return int(seed) if attempt == 0 else zlib.crc32(f"{int(seed)}\x1fqc-retry\x1f{attempt}".encode())
+def retry_seed(seed: int, attempt: int, run: int = 1) -> int:
+    """The seed of attempt `attempt` of job run `run`, derived deterministically from the line's
+    seed: the line's own seed for the first attempt of run 1, a distinct one for every other
+    (run, attempt), so a rerun (`--retry-failed`) draws new seeds instead of replaying those that failed."""
+    if run <= 1:
+        return int(seed) if attempt == 0 else zlib.crc32(f"{int(seed)}\x1fqc-retry\x1f{attempt}".encode())
+    return zlib.crc32(f"{int(seed)}\x1frun\x1f{int(run)}\x1f{attempt}".encode())
 
 
 @dataclass
@@ -130,14 +135,30 @@ def _num(v: float | None, digits: int = 4) -> float | None:
 
 
 # ---------------------------------------------------------------- the checker
-class LineQC:
-    """Scores lines; holds the ASR model (lazy) and one reference embedding per voice."""
+@dataclass
+class QCLine:
+    """One rendered line to score: `raw` is the model's output, `processed` what will be delivered."""
 
-    def __init__(self, cfg: QCConfig, threads: int = 0):
+    voice_key: Any
+    text: str
+    language: str
+    raw: np.ndarray
+    sr: int
+    truncated: bool
+    processed: Processed
+
+
+class LineQC:
+    """Scores lines; holds the ASR model (lazy) and one reference embedding per voice. `device`: where
+    the ASR and speaker models run ("cuda" on a GPU actor: Whisper in float16, GE2E on the GPU)."""
+
+    def __init__(self, cfg: QCConfig, threads: int = 0, device: str = "cpu"):
         from voicefleet.tasks.measure.asr import ASR
 
         self.cfg = cfg
-        self.asr = ASR(cfg.asr_model, threads=threads)
+        self.device = "cuda" if str(device).startswith("cuda") else "cpu"
+        self.asr = ASR(cfg.asr_model, device=self.device, compute_type="float16" if self.device == "cuda" else "int8",
+                       threads=threads)
         self._refs: dict[Any, tuple[np.ndarray | None, str]] = {}
 
     def add_reference(self, voice_key: Any, wav: np.ndarray, sr: int) -> None:
@@ -147,7 +168,7 @@ class LineQC:
         if voice_key in self._refs:
             return
         try:
-            self._refs[voice_key] = (embed(wav, sr), "")
+            self._refs[voice_key] = (embed(wav, sr, device=self.device), "")
         except SpeakerEmbeddingError as e:
             self._refs[voice_key] = (None, f"reference clip cannot be embedded: {e}")
 
@@ -156,48 +177,68 @@ class LineQC:
 
     def check(self, voice_key: Any, text: str, language: str, raw: np.ndarray, sr: int, truncated: bool,
               processed: Processed, duration_tolerance_s: float = 0.05) -> QCResult:
-        """Score one rendered line: `raw` is the model's output, `processed` what will be delivered.
+        """Score one rendered line (`check_many` of one)."""
+        return self.check_many([QCLine(voice_key, text, language, raw, sr, truncated, processed)],
+                               duration_tolerance_s)[0]
 
-        A line with a target length fails when |achieved - target| > `duration_tolerance_s`.
-        """
+    def check_many(self, lines: list[QCLine], duration_tolerance_s: float = 0.05) -> list[QCResult]:
+        """Score a batch of rendered lines: on a GPU one batched ASR decode per language, and one
+        speaker-model pass over every line, then the signal checks per line. A line with a target length fails when
+        |achieved - target| > `duration_tolerance_s`."""
         from voicefleet.tasks.measure.asr import ASR_LANGUAGES, wer
-        from voicefleet.tasks.measure.speaker import SpeakerEmbeddingError, embed, similarity
+        from voicefleet.tasks.measure.speaker import embed_many, similarity
 
         c = self.cfg
-        reasons: list[str] = []
-        notes: list[str] = []
-        m: dict[str, Any] = {}
+        heard: dict[int, str] = {}
+        for (language, sr), idx in _groups(lines, lambda q: (q.language, q.processed.sample_rate)).items():
+            if self.asr.supports(language):
+                wavs = [lines[i].processed.wav for i in idx]
+                # batched on a GPU; one by one on a CPU, where a batch of 30 s Whisper windows measured
+                # slower per line (benchmarks/line_qc_cost.py: 0.72-0.86x)
+                heard.update(zip(idx, (t.text for t in (
+                    self.asr.transcribe_many(wavs, sr, language) if self.device == "cuda"
+                    else [self.asr.transcribe(w, sr, language) for w in wavs]))))
+        embedded: dict[int, Any] = {}
+        for sr, idx in _groups(lines, lambda q: q.processed.sample_rate).items():
+            embedded.update(zip(idx, embed_many([lines[i].processed.wav for i in idx], sr, device=self.device)))
+        out = []
+        for i, q in enumerate(lines):
+            reasons: list[str] = []
+            notes: list[str] = []
+            m: dict[str, Any] = {}
+            if i in heard:
+                m["asr_text"], m["wer"] = heard[i], _num(wer(q.text, heard[i]))
+                if m["wer"] > c.max_wer:
+                    reasons.append(f"WER {m['wer']:.2f} > {c.max_wer:g} (heard {heard[i][:80]!r})")
+            else:
+                m["asr_text"], m["wer"] = None, None
+                notes.append(f"WER not measured: no speech recognition model for language {q.language!r} "
+                             f"(available: {', '.join(ASR_LANGUAGES)})")
+            ref, why = self._refs.get(q.voice_key, (None, "no reference clip for this voice"))
+            m["speaker_similarity"] = None
+            if ref is None:
+                notes.append(f"speaker similarity not measured: {why}")
+            elif isinstance(embedded[i], Exception):
+                notes.append(f"speaker similarity not measured: {embedded[i]}")
+            else:
+                m["speaker_similarity"] = _num(similarity(embedded[i], ref))
+                if m["speaker_similarity"] is not None and m["speaker_similarity"] < c.min_similarity:
+                    reasons.append(f"speaker similarity {m['speaker_similarity']:.2f} < {c.min_similarity:g}")
+            reasons += self._signal_checks(q, m, duration_tolerance_s)
+            out.append(QCResult(not reasons, reasons, notes, m))
+        return out
 
-        if self.asr.supports(language):
-            hyp = self.asr.transcribe(processed.wav, sr, language).text
-            m["asr_text"], m["wer"] = hyp, _num(wer(text, hyp))
-            if m["wer"] > c.max_wer:
-                reasons.append(f"WER {m['wer']:.2f} > {c.max_wer:g} (heard {hyp[:80]!r})")
-        else:
-            m["asr_text"], m["wer"] = None, None
-            notes.append(f"WER not measured: no speech recognition model for language {language!r} "
-                         f"(available: {', '.join(ASR_LANGUAGES)})")
-
-        ref, why = self._refs.get(voice_key, (None, "no reference clip for this voice"))
-        m["speaker_similarity"] = None
-        if ref is None:
-            notes.append(f"speaker similarity not measured: {why}")
-        else:
-            try:
-                m["speaker_similarity"] = _num(similarity(embed(processed.wav, sr), ref))
-            except SpeakerEmbeddingError as e:
-                notes.append(f"speaker similarity not measured: {e}")
-            if m["speaker_similarity"] is not None and m["speaker_similarity"] < c.min_similarity:
-                reasons.append(f"speaker similarity {m['speaker_similarity']:.2f} < {c.min_similarity:g}")
-
-        m["truncated"] = bool(truncated)
-        if truncated and c.reject_truncated:
+    def _signal_checks(self, q: QCLine, m: dict[str, Any], duration_tolerance_s: float) -> list[str]:
+        """Truncation, clipping, silence, level and length of one line; their figures go into `m`."""
+        c, raw, processed, reasons = self.cfg, q.raw, q.processed, []
+        m["truncated"] = bool(q.truncated)
+        if q.truncated and c.reject_truncated:
             reasons.append("truncated: a sentence hit the runaway-length guard before it ended")
         m["clipped_fraction"] = _num(clipped_fraction(raw), 6)
         if m["clipped_fraction"] > c.max_clipped_fraction:
             reasons.append(f"clipping: {m['clipped_fraction']:.2%} of samples at full scale "
                            f"> {c.max_clipped_fraction:.2%}")
-        m["silent_fraction"] = _num(silent_fraction(raw, sr, c.silence_dbfs), 4)
+        m["silent_fraction"] = _num(silent_fraction(raw, q.sr, c.silence_dbfs), 4)
         if m["silent_fraction"] > c.max_silent_fraction:
             reasons.append(f"silence: {m['silent_fraction']:.0%} of the line below {c.silence_dbfs:g} dBFS "
                            f"> {c.max_silent_fraction:.0%}")
@@ -208,4 +249,11 @@ class LineQC:
         if processed.duration_deviation_s is not None and abs(processed.duration_deviation_s) > duration_tolerance_s:
             reasons.append(f"length {processed.duration_s:.2f} s misses target {processed.target_seconds:g} s "
                            f"by {processed.duration_deviation_s:+.2f} s")
-        return QCResult(not reasons, reasons, notes, m)
+        return reasons
+
+
+def _groups(items: list, key) -> dict[Any, list[int]]:
+    out: dict[Any, list[int]] = {}
+    for i, item in enumerate(items):
+        out.setdefault(key(item), []).append(i)
+    return out

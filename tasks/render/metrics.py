@@ -6,6 +6,11 @@
     voicefleet_render_compute_seconds       seconds spent in synthesis calls
     voicefleet_render_retries{kind}         batch_split | line_retry | voice_load | shard_write
     voicefleet_render_rtf                   compute s / audio s of the last batch (gauge)
+    voicefleet_render_stage_seconds{stage}  busy seconds of each stage of an actor's work:
+                                            synthesis | post_qc (post-processing and line QC) |
+                                            watermark | encode (FLAC); their rates side by side
+                                            show which stage limits a job (synthesis alone is the
+                                            RTF above; the rest is time the model waits)
 
 (Counters; Prometheus shows them with Ray's `ray_` prefix.)
 
@@ -26,6 +31,8 @@ class RenderMetrics:
             self.compute_s = Counter("voicefleet_render_compute_seconds", "Seconds spent synthesizing.")
             self.retries = Counter("voicefleet_render_retries", "Retries, by kind.", tag_keys=("kind",))
             self.rtf = Gauge("voicefleet_render_rtf", "Real-time factor of the last synthesis batch.")
+            self.stage_s = Counter("voicefleet_render_stage_seconds", "Busy seconds per stage of the render actors.",
+                                   tag_keys=("stage",))
             self.enabled = True
         except Exception:  # noqa: BLE001 — metrics are optional outside Ray
             self.enabled = False
@@ -43,6 +50,10 @@ class RenderMetrics:
             self.compute_s.inc(compute_s)
             if audio_s > 0:
                 self.rtf.set(compute_s / audio_s)
+
+    def stage(self, name: str, seconds: float) -> None:
+        if self.enabled and seconds > 0:
+            self.stage_s.inc(seconds, tags={"stage": name})
 
     def retry(self, kind: str) -> None:
         if self.enabled:

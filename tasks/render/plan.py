@@ -18,17 +18,24 @@ of line ids exists anywhere. Measured (`python benchmarks/render_throughput.py -
 
 Which lines a run takes (`write_todo`), given the newest index row of each line:
     no row                          -> yes
+    a row made from something else  -> yes: its `line_hash` differs from the line's (text, language,
+                                       voice version, per-line settings or the job's audio settings
+                                       changed since); rows from before hashes existed (null) match
     ok                              -> never again
     failed                          -> only with `retry_failed`
     refused                         -> yes, unless refused again for the same reason (a new
                                        grant or a fixed value takes effect on the next run)
+
+`line_hash` is md5 over what makes a line's audio: its text, language, voice and the version the
+plan authorized, its seed and per-line settings, and the run's `audio_key` (the job-wide settings
+that change audio: sampling defaults, post-processing, QC). `write_todo` also writes the current
+script's lines (line_id, line_hash) to the job (`script_prefix`), the manifest `voicefleet jobs`
+counts against: lines no longer in the script are reported apart from the totals.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -41,10 +48,14 @@ import pyarrow.parquet as pq
 from voicefleet.tasks.store.ids import InvalidId, safe_id
 from voicefleet.tasks.store.storage import Store
 
-from .index_read import index_dataset
-from .job_paths import job_prefix
+from .index_read import index_parts, register_index
+from .job_cleanup import runs_prefix
+from .job_paths import script_prefix
 from .line_checks import CONTROL_CLASS, LANGUAGES, RULES, LineLimits, check_line
+from .out_of_core import with_memory
+from .scratch import scratch_dir
 from .script import ScriptError, check_columns, iter_batches
+from .todo_parts import VoiceParts, affinity_chunk, part_groups
 
 PLAN_SCHEMA = pa.schema([
     ("line_id", pa.string()), ("voice_id", pa.string()), ("voice_version", pa.string()), ("text", pa.string()),
@@ -53,13 +64,14 @@ PLAN_SCHEMA = pa.schema([
     ("target_seconds", pa.float64()), ("bucket", pa.int32()), ("row", pa.int64()),
 ])
 TODO_COLUMNS = [n for n in PLAN_SCHEMA.names if n != "row"]
+TODO_SCHEMA = pa.schema([PLAN_SCHEMA.field(n) for n in TODO_COLUMNS] + [pa.field("line_hash", pa.string())])
 # DuckDB spills its aggregate, join and sort to disk beyond its memory limit, which bounds the
 # driver's memory whatever the script's length; it runs on one thread (each thread sorts its own runs
 # and needs its own share). Measured on a 1e6-line plan: the uniqueness check runs in 32 MB, the
 # sorted work list needs 64 MB (two threads: more). A query that still runs out of memory is run
 # again under the next limit, so only a script that needs it costs more memory.
 UNIQUE_MEMORY_MB = (32, 64, 256, 1024)
-SORT_ROWS = 250_000  # lines per DuckDB sort of the work list (see _sort_ranges)
+SORT_ROWS = 250_000  # lines per DuckDB sort of the work list (see _sort_bounds)
 TODO_MEMORY_MB = (64, 256, 1024)
 T = TypeVar("T")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # storage.safe_id's rule
@@ -133,7 +145,7 @@ def plan_script(url: str, store: Store, principal: str, limits: LineLimits = Lin
                 batch_rows: int = 16384, bucket_chars: int = 64) -> Plan:
     """Read and check the script once; returns the plan (its parts in a local temp folder)."""
     authorize = VoiceAuthorizer(store, principal)
-    plan = Plan(url, tempfile.mkdtemp(prefix="vf-plan-"), 0)
+    plan = Plan(url, scratch_dir("vf-plan-"), 0)  # folders of killed planners are swept here
     try:
         for i, batch in enumerate(iter_batches(url, batch_rows)):
             check_columns(url, batch.schema.names, require=i == 0)
@@ -229,17 +241,6 @@ def _plan_row(r: dict, plan: Plan, authorize: VoiceAuthorizer, limits: LineLimit
     }
 
 
-def _connect(directory: str, memory_mb: int) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit='{memory_mb}MB'")
-    con.execute("SET threads=1")
-    con.execute("SET temp_directory=?", [os.path.join(directory, "duckdb-tmp")])
-    con.execute("SET preserve_insertion_order=false")
-    con.execute("SET enable_progress_bar=false")
-    con.execute("SET allocator_flush_threshold='4MB'")
-    return con
-
-
 def _parts(plan: Plan) -> str:
     return os.path.join(plan.directory, "part-*.parquet")
 
@@ -250,17 +251,8 @@ def _sql_str(value: str) -> str:
 
 
 def _with_memory(plan: Plan, limits: tuple[int, ...], run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    """`run` on a fresh connection under the first memory limit (MB) of `limits` that suffices."""
-    for memory_mb in limits:
-        con = _connect(plan.directory, memory_mb)
-        try:
-            return run(con)
-        except duckdb.OutOfMemoryException:
-            if memory_mb == limits[-1]:
-                raise
-        finally:
-            con.close()
-    raise AssertionError("unreachable")
+    """`run` under the first memory limit (MB) of `limits` that suffices, spilling into the plan's folder."""
+    return with_memory(limits, plan.directory, run)
 
 
 def _check_unique(plan: Plan) -> None:
@@ -279,44 +271,54 @@ class Todo:
 
 
 def todo_prefix(job_id: str, run: int) -> str:
-    return f"{job_prefix(job_id)}/runs/{run:05d}"
+    return f"{runs_prefix(job_id)}/{run:05d}"
 
 
 def write_todo(plan: Plan, store: Store, job_id: str, run: int, retry_failed: bool = False,
-               rows_per_part: int = 4096) -> Todo:
-    """This run's lines, sorted by (voice, version, length bucket), as Parquet parts in the store."""
+               rows_per_part: int = 512, audio_key: str = "", actors: int = 1, batch_size: int = 16) -> Todo:
+    """This run's lines, sorted by (voice, version, length bucket), as Parquet parts in the store;
+    the script's manifest (line_id, line_hash) written first. `audio_key`: RenderSettings.audio_key().
+
+    Each part holds one voice's lines (or several LoRA voices' over one base: `part_groups`), at most
+    `affinity_chunk(...)` of them (<= rows_per_part): the render pipeline hands one part to one
+    synthesis actor, so a voice's lines go to few actors."""
     return _with_memory(plan, TODO_MEMORY_MB,
-                        lambda con: _write_todo(con, plan, store, job_id, run, retry_failed, rows_per_part))
+                        lambda con: _write_todo(con, plan, store, job_id, run, retry_failed, rows_per_part, audio_key,
+                                                actors, batch_size))
 
 
 def _write_todo(con: duckdb.DuckDBPyConnection, plan: Plan, store: Store, job_id: str, run: int, retry_failed: bool,
-                rows_per_part: int) -> Todo:
-    dataset = index_dataset(store, job_id)
-    if dataset is None:
-        con.execute("CREATE TABLE raw_index (line_id VARCHAR, status VARCHAR, error VARCHAR, run INTEGER, shard VARCHAR)")
-    else:
-        con.register("raw_index", dataset)
+                rows_per_part: int, audio_key: str, actors: int, batch_size: int) -> Todo:
+    register_index(con, store, index_parts(store, job_id))  # DuckDB's own reader: within its memory limit
+    write_manifest(con, plan, store, job_id, run, audio_key)
     prefix = todo_prefix(job_id, run)
     store.delete(prefix, recursive=True)
-    keys, lines, i = [], 0, 0
-    schema = PLAN_SCHEMA.remove(PLAN_SCHEMA.get_field_index("row"))
+    # One anti-join over the whole plan and index, its rows written unsorted into one folder per key
+    # range; then one bounded sort per range (the join and the index's GROUP BY run once, not per range)
+    bounds = _sort_bounds(con, plan)
+    ranges_dir = os.path.join(plan.directory, "todo-ranges")
+    shutil.rmtree(ranges_dir, ignore_errors=True)
+    con.execute(f"COPY ({_todo_query(plan, retry_failed, bounds, audio_key)}) TO {_sql_str(ranges_dir)} "
+                f"(FORMAT parquet, PARTITION_BY (range_no), ROW_GROUP_SIZE {int(rows_per_part)})")
+    folders = [r for r in range(len(bounds) + 1) if os.path.isdir(os.path.join(ranges_dir, f"range_no={r}"))]
+    total = con.execute(f"SELECT count(*) FROM read_parquet({_sql_str(os.path.join(ranges_dir, '*', '*.parquet'))})"
+                        ).fetchone()[0] if folders else 0
+    parts = VoiceParts(store, prefix, affinity_chunk(total, actors, batch_size, rows_per_part), TODO_SCHEMA,
+                       part_groups(plan.decisions))
     sorted_path = os.path.join(plan.directory, "todo.parquet")
-    for low, high in _sort_ranges(con, plan):
+    for r in folders:
+        part_glob = os.path.join(ranges_dir, f"range_no={r}", "*.parquet")
         # DuckDB writes one range, sorted, to a local file (its sort streams into the writer; an Arrow
         # reader over the same query peaked ~45 MB higher at 1e6 lines); it is cut into parts here
-        con.execute(f"COPY ({_todo_query(plan, retry_failed, low, high)}) TO {_sql_str(sorted_path)} "
+        con.execute(f"COPY (SELECT {', '.join(TODO_COLUMNS)}, line_hash FROM read_parquet({_sql_str(part_glob)}) "
+                    f"ORDER BY voice_id, voice_version, bucket, line_id) TO {_sql_str(sorted_path)} "
                     f"(FORMAT parquet, ROW_GROUP_SIZE {int(rows_per_part)})")
-        for batch in pq.ParquetFile(sorted_path).iter_batches(batch_size=rows_per_part):
-            if batch.num_rows == 0:
-                continue
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_batches([batch]).cast(schema), buf)
-            key = f"{prefix}/todo-{i:06d}.parquet"
-            store.write_bytes(key, buf.getvalue())
-            keys.append(key)
-            lines += batch.num_rows
-            i += 1
+        for batch in pq.ParquetFile(sorted_path).iter_batches(batch_size=4096):
+            parts.add(pa.Table.from_batches([batch]))
         os.remove(sorted_path)
+    parts.flush()
+    keys, lines = parts.keys, parts.lines
+    shutil.rmtree(ranges_dir, ignore_errors=True)
     return Todo(keys, lines, plan.lines - lines)
 
 
@@ -326,30 +328,60 @@ SORT_KEY = ("coalesce(p.voice_id, chr(127)) || chr(1) || coalesce(p.voice_versio
             "|| lpad(p.bucket::VARCHAR, 3, '0') || chr(1) || p.line_id")
 
 
-def _todo_query(plan: Plan, retry_failed: bool, low: str | None, high: str | None) -> str:
-    """The anti-join of the plan against the index, for the plan lines with low < SORT_KEY <= high."""
-    bounds = "".join([f" AND {SORT_KEY} > {_sql_str(low)}" if low is not None else "",
-                      f" AND {SORT_KEY} <= {_sql_str(high)}" if high is not None else ""])
+def line_hash_sql(audio_key: str) -> str:
+    """SQL for a plan row `p`'s line_hash (see the module docstring); NULLs are spelled out, so
+    that a value moving between columns changes the hash."""
+    parts = ", ".join(f"coalesce(p.{c}::VARCHAR, chr(2))" for c in HASHED_COLUMNS)
+    return f"md5(concat_ws(chr(31), {parts}, {_sql_str(audio_key)}))"
+
+
+HASHED_COLUMNS = ("text", "language", "voice_id", "voice_version", "seed", "speed", "top_k", "temperature",
+                  "noise_scale", "target_seconds")
+
+
+def write_manifest(con: duckdb.DuckDBPyConnection, plan: Plan, store: Store, job_id: str, run: int,
+                   audio_key: str) -> str:
+    """The current script's lines (line_id, line_hash) as run `run`'s manifest; older ones removed."""
+    path = os.path.join(plan.directory, "lines.parquet")
+    con.execute(f"COPY (SELECT p.line_id, {line_hash_sql(audio_key)} AS line_hash "
+                f"FROM read_parquet({_sql_str(_parts(plan))}) p) TO {_sql_str(path)} (FORMAT parquet)")
+    key = f"{script_prefix(job_id, run)}/lines.parquet"
+    store.put_file(path, key)
+    os.remove(path)
+    for old in store.glob(f"{script_prefix(job_id)}/r*/*.parquet"):
+        if not old.startswith(script_prefix(job_id, run) + "/"):
+            store.delete(old)
+    return key
+
+
+def _todo_query(plan: Plan, retry_failed: bool, bounds: list[str], audio_key: str = "") -> str:
+    """The anti-join of the plan against the index, each row with its `range_no`: how many of the
+    sorted `bounds` its SORT_KEY exceeds (range r holds bounds[r-1] < key <= bounds[r])."""
+    range_no = (f"len(list_filter([{', '.join(_sql_str(b) for b in bounds)}]::VARCHAR[], lambda b: b < {SORT_KEY}))"
+                if bounds else "0")
     return f"""
         WITH idx AS (
-            SELECT line_id, status, error FROM raw_index
-            QUALIFY row_number() OVER (PARTITION BY line_id ORDER BY run DESC NULLS LAST, shard DESC NULLS LAST) = 1)
-        SELECT {', '.join('p.' + c for c in TODO_COLUMNS)}
-        FROM read_parquet({_sql_str(_parts(plan))}) p LEFT JOIN idx i ON p.line_id = i.line_id
+            SELECT line_id, arg_max(status, newest) AS status, arg_max(error, newest) AS error,
+                   arg_max(line_hash, newest) AS line_hash
+            FROM (SELECT line_id, status, error, line_hash,
+                         (coalesce(run, -1), coalesce(shard, '')) AS newest FROM raw_index)
+            GROUP BY line_id),
+        plan AS (SELECT p.*, {line_hash_sql(audio_key)} AS line_hash FROM read_parquet({_sql_str(_parts(plan))}) p)
+        SELECT {', '.join('p.' + c for c in TODO_COLUMNS)}, p.line_hash, {range_no} AS range_no
+        FROM plan p LEFT JOIN idx i ON p.line_id = i.line_id
         WHERE (i.line_id IS NULL
+           OR (i.line_hash IS NOT NULL AND i.line_hash <> p.line_hash)
            OR (i.status = 'failed' AND {'true' if retry_failed else 'false'})
-           OR (i.status = 'refused' AND (p.status <> 'refused' OR p.error IS DISTINCT FROM i.error))){bounds}
-        ORDER BY p.voice_id, p.voice_version, p.bucket, p.line_id"""
+           OR (i.status = 'refused' AND (p.status <> 'refused' OR p.error IS DISTINCT FROM i.error)))"""
 
 
-def _sort_ranges(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[tuple[str | None, str | None]]:
-    """Ranges of SORT_KEY of about SORT_ROWS plan lines each, from a bounded sample, so that no
+def _sort_bounds(con: duckdb.DuckDBPyConnection, plan: Plan) -> list[str]:
+    """Bounds of SORT_KEY ranges of about SORT_ROWS plan lines each, from a bounded sample, so that no
     single DuckDB sort grows with the script (one sort of 3e6 lines needed more than 64 MB)."""
     ranges = -(-plan.lines // SORT_ROWS)
     if ranges <= 1:
-        return [(None, None)]
+        return []
     sample = sorted(k for (k,) in con.execute(
         f"SELECT {SORT_KEY} FROM read_parquet({_sql_str(_parts(plan))}) p "
         f"USING SAMPLE reservoir({ranges * 200} ROWS) REPEATABLE (7)").fetchall())
-    bounds = sorted({sample[len(sample) * j // ranges] for j in range(1, ranges)})
-    return list(zip([None, *bounds], [*bounds, None]))
+    return sorted({sample[len(sample) * j // ranges] for j in range(1, ranges)})

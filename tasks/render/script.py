@@ -5,6 +5,13 @@ read once per render run (by the plan, tasks/render/plan.py). CSV and JSONL valu
 strings (or null), whatever they look like, so one odd value ("fast" in a numeric column) is a
 bad line for the plan to refuse, not an unreadable file; Parquet keeps its own column types.
 `check_columns` checks the header: required columns present, no unknown columns.
+
+A script is data: a Parquet column of an Arrow *extension* type is refused before any value is read
+(`check_plain_schema`), whether or not the process registered that type. Some extension types turn
+values into Python objects on reading (Ray's ``ray.data.arrow_pickled_object``, registered by
+``import ray.data``, unpickles each value in ``to_pylist()``: a script could run code); an
+unregistered one arrives as its storage type with ``ARROW:extension:name`` in the field's metadata,
+and is refused the same way so the outcome never depends on what was imported.
 """
 from __future__ import annotations
 
@@ -44,6 +51,37 @@ def check_columns(url: str, columns: list[str], require: bool = True) -> None:
         raise ScriptError(f"unknown column(s) {', '.join(unknown)} in {url}; allowed: {', '.join(REQUIRED + OPTIONAL)}")
 
 
+_EXTENSION_KEY = b"ARROW:extension:name"
+
+
+def _extension_in(field: pa.Field) -> str | None:
+    """The name of an extension type `field` is or nests (registered or not), else None."""
+    if isinstance(field.type, pa.ExtensionType):
+        return field.type.extension_name
+    if field.metadata and _EXTENSION_KEY in field.metadata:
+        return field.metadata[_EXTENSION_KEY].decode("utf-8", "replace")
+    t = field.type
+    if pa.types.is_dictionary(t):
+        children = [pa.field(field.name, t.value_type)]
+    elif pa.types.is_map(t):
+        children = [t.key_field, t.item_field]
+    elif hasattr(t, "value_field"):  # list, large list, fixed-size list, list view
+        children = [t.value_field]
+    else:  # struct, union (no children for plain scalars)
+        children = [t.field(i) for i in range(t.num_fields)]
+    return next((name for c in children if (name := _extension_in(c))), None)
+
+
+def check_plain_schema(url: str, schema: pa.Schema) -> None:
+    """Refuse extension-typed columns (see the module note): a script's values are plain Arrow types."""
+    for field in schema:
+        name = _extension_in(field)
+        if name is not None:
+            raise ScriptError(f"script {url}: column {field.name!r} has the Arrow extension type {name!r}; "
+                              "a script holds plain values (strings and numbers): write that column as a plain "
+                              "type (its values were not read)")
+
+
 def iter_batches(url: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
     """Stream the script as Arrow record batches of at most `batch_rows` rows."""
     fmt = script_format(url)
@@ -53,7 +91,9 @@ def iter_batches(url: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
             raise ScriptError(f"script not found: {url}")
         with fs.open(path, "rb") as f:
             if fmt == "parquet":
-                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+                parquet = pq.ParquetFile(f)
+                check_plain_schema(url, parquet.schema_arrow)
+                yield from parquet.iter_batches(batch_size=batch_rows)
             elif fmt == "csv":
                 yield from _csv_batches(f, batch_rows)
             else:

@@ -3,7 +3,8 @@
 Layout (design.md, "Render output"):
 
     renders/<job_id>/shards/<name>.tar      members <line_id>.flac then <line_id>.json per line
-    renders/<job_id>/index/<name>.parquet   one row per script line (INDEX_SCHEMA)
+    renders/<job_id>/index/<name>.parquet   one row per script line (INDEX_SCHEMA); g<generation>-<name>.parquet
+                                            when written under a job lease (its fence: tasks/render/job_fence.py)
 
 A shard and its index part share `<name>`. Publishing one is two atomic writes in a fixed
 order: the tar (built whole in a local temp file) first, then the index part. So a reader who
@@ -28,7 +29,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -171,13 +172,17 @@ class _PendingShard:
         self.rows.append(full)
         self._line_ids.add(line_id)
 
-    def publish(self, store: Store, job_id: str, name: str, replace: bool = False) -> list[dict[str, Any]]:
+    def publish(self, store: Store, job_id: str, name: str, replace: bool = False, generation: int | None = None,
+                fence: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Make the tar visible, then its index part. Returns the index rows.
 
         `replace=True` is for names derived from the content (`content_name`): a retried write
         of the same lines with the same bytes lands on the same keys and replaces them.
+        `generation`: the job lease generation the part is written under (its name carries it, and
+        readers judge it by that generation's fence, tasks/render/job_fence.py). `fence` is called
+        after the tar, right before the index part, and raises to stop a run that lost its lease.
         """
-        part = index_key(job_id, name)
+        part = index_key(job_id, name, generation)
         if not replace and store.exists(part):
             raise ShardAlreadyIndexed(f"{store.url(part)} exists; its lines are already rendered")
         if self._spool is not None:
@@ -186,6 +191,8 @@ class _PendingShard:
             for row in self.rows:
                 if row["status"] == "ok":
                     row["shard"] = f"shards/{name}.tar"
+        if fence is not None:
+            fence()
         table = pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA)
         buf = io.BytesIO()
         pq.write_table(table, buf)
@@ -204,17 +211,20 @@ def write_shard(
     items: Iterable[tuple[Mapping[str, Any], bytes | None]],
     spool_dir: str | None = None,
     replace: bool = False,
+    generation: int | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Write one shard and its index part from `(row, flac_or_None)` items; return the rows.
 
     `replace`: overwrite a part of the same name (only for content-derived names, `content_name`).
+    `generation`, `fence`: the job lease's fencing token and check (`_PendingShard.publish`).
     """
     safe_id(shard_name, "shard name")
     pending = _PendingShard(spool_dir)
     try:
         for row, flac in items:
             pending.add(row, flac)
-        return pending.publish(store, job_id, shard_name, replace=replace)
+        return pending.publish(store, job_id, shard_name, replace=replace, generation=generation, fence=fence)
     finally:
         pending.discard()
 

@@ -16,6 +16,7 @@ job starts: a revoke or withdrawal applies to every job started after it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +43,8 @@ MAX_PRINCIPAL_LENGTH = 256
 EVERYONE = "*"
 """A grant to every principal; the consent scope must be "public"."""
 ADMINS_ENV = "VOICEFLEET_ADMINS"
+_ADDRESS = re.compile(r"(?:[a-z][a-z0-9-]*:)?(?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@(?P<domain>[A-Za-z0-9.-]+)")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 Sharing = Union[Literal["private", "org", "public"], list[str]]
 """The most the speaker's consent allows beyond the owner: a level or named principals."""
@@ -112,9 +115,35 @@ def check_sharing(value: Any) -> Sharing:
 
 
 def email_domain(principal: str) -> str | None:
-    """An `org_of` resolver: the domain of an e-mail principal (``user:ada@example.com`` -> example.com)."""
-    _, at, domain = principal.rpartition("@")
-    return domain.lower() if at and domain else None
+    """An `org_of` resolver: the domain of an e-mail principal (``user:ada@example.com`` -> example.com).
+
+    Only a plain ASCII address names an organisation: ``[kind:]local@domain`` with exactly one ``@``,
+    an RFC 5322 local part and a host name of letter-digit-hyphen labels (internationalised domains
+    in their IDNA A-label form, ``xn--...``, which must decode to a valid IDNA 2008 name). The domain
+    is compared lower-cased in that ASCII form. Anything else (non-ASCII characters: a Kelvin sign
+    ``\u212a`` lower-cases to ``k``; a second ``@`` as in ``x@evil.io#@example.com``) names no
+    organisation (None), so "org" sharing admits it no one.
+    """
+    if not principal.isascii():
+        return None
+    m = _ADDRESS.fullmatch(principal.strip())
+    if m is None:
+        return None
+    domain = m.group("domain").lower()
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return domain if all(_valid_a_label(label) for label in labels if label.startswith("xn--")) else None
+
+
+def _valid_a_label(label: str) -> bool:
+    import idna
+
+    try:
+        idna.decode(label)
+    except (idna.IDNAError, UnicodeError):
+        return False
+    return True
 
 
 def admins() -> frozenset[str]:

@@ -74,6 +74,9 @@ CLIP_SAMPLE_RATE = 16_000
 # A spoken consent phrase cannot fit in less than this.
 MIN_CLIP_SECONDS = 1.0
 
+SELF_APPROVAL = ("approved_by cannot be set in consent.json: an upload cannot approve its own consent; an admin "
+                 "who listened to the clip approves it with `voicefleet consent approve SPEAKER --src ... --as ADMIN`")
+
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Principal = NonEmpty
 """Who may act: a user, group or service account name as tasks/safety/access.py spells it."""
@@ -130,9 +133,17 @@ class Consent(BaseModel):
     """File name of the consent recording, relative to the speaker folder."""
     consent_phrase: NonEmpty
     """The words the speaker says in the consent clip."""
-    approved_by: Principal | None = None
-    """An operator who listened to the clip and approved the phrase: required where no ASR model
-    exists for the speaker's language (tasks/safety/consent_verify.py), recorded in the verdict."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_self_attested_approval(cls, data: Any) -> Any:
+        # an operator's approval is an admin action recorded in the store (tasks/safety/consent_review.py),
+        # never a field the upload carries; null is dropped (snapshots written before the field went)
+        if isinstance(data, Mapping) and "approved_by" in data:
+            if data["approved_by"] is not None:
+                raise ValueError(SELF_APPROVAL)
+            data = {k: v for k, v in data.items() if k != "approved_by"}
+        return data
 
     @field_validator("consent_clip")
     @classmethod
@@ -215,6 +226,9 @@ class ConsentClipCheck:
     detail: str
     speaker_similarity: float | None = None  # consent clip vs enrollment audio embeddings
     phrase_match: float | None = None  # e.g. 1 - word error rate of the ASR transcript
+    clip_sha256: str | None = None  # which recording was checked (tasks/safety/consent_review.py `ClipIdentity`)
+    clip_fingerprint: str | None = None  # its audio fingerprint, base64 uint32 frames
+    approved_by: str | None = None  # the admin whose recorded approval passed the phrase check, if one did
 
     @property
     def verified(self) -> bool:

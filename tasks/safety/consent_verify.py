@@ -7,8 +7,12 @@ Two checks, both with the shared scorers:
 * **phrase spoken** -- the Whisper tiny.en transcript (tasks/measure/asr.py) must match the consent phrase:
   the character error rate over letters and digits (spaces and punctuation dropped, so "voice
   fleet" matches "voicefleet" and a name's spelling costs a letter, not a word) at most
-  `MAX_PHRASE_CER`. A language without an ASR model cannot be checked by machine: the consent
-  then needs ``approved_by`` (an operator who listened to the clip), recorded in the verdict.
+  `MAX_PHRASE_CER`. A language without an ASR model cannot be checked by machine: the clip then
+  needs an admin's recorded approval of exactly that clip and phrase (`voicefleet consent approve`,
+  tasks/safety/consent_review.py), named in the verdict. The upload cannot approve itself.
+
+The verdict records which recording was checked (its SHA-256 and fingerprint): what a reinstatement
+after a withdrawal compares a new clip against.
 
 Calibration (benchmarks/consent_calibration.py, six distinct pip-shipped voices, 4 takes each):
 see the constants' comments. The verdict -- figures included -- is stored with the voice version
@@ -28,6 +32,7 @@ from voicefleet.tasks.measure.speaker import SpeakerEmbeddingError, embed, mean_
 from voicefleet.tasks.store.storage import Store
 
 from .consent import ClipVerdict, Consent, ConsentClipCheck, ConsentError
+from .consent_review import ClipIdentity, approval_for
 
 __all__ = ["MAX_PHRASE_CER", "MIN_SPEAKER_SIMILARITY", "check_consent_clip", "phrase_match", "verdict_record",
            "verify_upload_consent"]
@@ -62,11 +67,14 @@ def _language(utterance_languages: Sequence[str]) -> str:
 
 
 def check_consent_clip(consent: Consent, clip: np.ndarray, enrollment: Sequence[np.ndarray], sample_rate: int,
-                       *, language: str = "en", clip_path: str = "", asr: ASR | None = None) -> ConsentClipCheck:
+                       *, language: str = "en", clip_path: str = "", asr: ASR | None = None,
+                       approval: dict | None = None, identity: ClipIdentity | None = None) -> ConsentClipCheck:
     """Verdict on one consent clip; `clip` and `enrollment` are (T,) float32 mono at `sample_rate`.
 
-    Returns VERIFIED, or REJECTED with the measured figures in `detail`; never raises for a
-    failing check (the caller rejects the speaker with `detail`).
+    `approval`: an admin's recorded approval of this clip and phrase (consent_review.approval_for), which
+    stands in for the phrase check only where no ASR model exists for `language`; `identity`: the
+    clip's, kept in the verdict. Returns VERIFIED, or REJECTED with the measured figures in `detail`;
+    never raises for a failing check (the caller rejects the speaker with `detail`).
     """
     seconds = len(clip) / sample_rate
     problems = []
@@ -89,22 +97,28 @@ def check_consent_clip(consent: Consent, clip: np.ndarray, enrollment: Sequence[
         if 1 - match > MAX_PHRASE_CER:
             problems.append(f"consent clip does not say the consent phrase: {how} > {MAX_PHRASE_CER:.2f}")
     except NoASRModel as e:
-        if consent.approved_by:
-            how = f"phrase approved by {consent.approved_by} (no ASR model for {language!r})"
+        if approval:
+            approver = approval["approved_by"]
+            how = (f"phrase approved by admin {approver} at {approval['approved_at']} (no ASR model for "
+                   f"{language!r})")
         else:
-            problems.append(f"the consent phrase cannot be checked: {e}; an operator who listened to the clip "
-                            "must set approved_by in consent.json")
+            problems.append(f"the consent phrase cannot be checked: {e}; an admin who listened to the clip must "
+                            "approve it: voicefleet consent approve SPEAKER --src ENROLL_ROOT --as ADMIN")
+    approved_by = approval["approved_by"] if approval and match is None else None
+    known = identity.record() if identity is not None else {}
     if problems:
-        return ConsentClipCheck(clip_path, seconds, ClipVerdict.REJECTED, "; ".join(problems), sim, match)
+        return ConsentClipCheck(clip_path, seconds, ClipVerdict.REJECTED, "; ".join(problems), sim, match, **known)
     detail = f"same speaker (similarity {sim:.2f} >= {MIN_SPEAKER_SIMILARITY:.2f}); {how}"
-    return ConsentClipCheck(clip_path, seconds, ClipVerdict.VERIFIED, detail, sim, match)
+    return ConsentClipCheck(clip_path, seconds, ClipVerdict.VERIFIED, detail, sim, match, **known,
+                            approved_by=approved_by)
 
 
 def verify_speaker_consent(consent: Consent, clip: np.ndarray, enrollment: Sequence[np.ndarray], sample_rate: int,
-                           languages: Sequence[str], *, speaker: str, clip_path: str = "") -> ConsentClipCheck:
+                           languages: Sequence[str], *, speaker: str, clip_path: str = "",
+                           approval: dict | None = None, identity: ClipIdentity | None = None) -> ConsentClipCheck:
     """`check_consent_clip`, raising `ConsentError` (the speaker's rejection) unless VERIFIED."""
     check = check_consent_clip(consent, clip, enrollment, sample_rate, language=_language(languages),
-                               clip_path=clip_path)
+                               clip_path=clip_path, approval=approval, identity=identity)
     if not check.verified:
         raise ConsentError(speaker, check.detail, clip_path)
     return check
@@ -118,10 +132,17 @@ def verdict_record(check: ConsentClipCheck) -> dict:
 
 
 def verify_upload_consent(src: Store, speaker: str, consent: Consent, takes: Sequence[np.ndarray],
-                          sample_rate: int, languages: Sequence[str]) -> ConsentClipCheck:
+                          sample_rate: int, languages: Sequence[str], *, voice_id: str | None = None,
+                          reviews: Store | None = None) -> ConsentClipCheck:
     """Enrollment's hook (tasks/enroll/ingest.py): read the speaker's consent clip and verify it against
-    the accepted takes (`takes` (T,) float32 at `sample_rate`); `ConsentError` when it fails."""
+    the accepted takes (`takes` (T,) float32 at `sample_rate`); `ConsentError` when it fails.
+
+    `reviews`: the store holding admins' approvals (tasks/safety/consent_review.py) for `voice_id`; without
+    it no approval exists, and a language without an ASR model is rejected."""
     key = f"{speaker}/{consent.consent_clip}"
-    clip = load_audio(src.read_bytes(key), sample_rate, name=consent.consent_clip)
+    data = src.read_bytes(key)
+    clip = load_audio(data, sample_rate, name=consent.consent_clip)
+    identity = ClipIdentity.of(data, clip, sample_rate)
+    approval = approval_for(reviews, voice_id or speaker, consent, identity.sha256)
     return verify_speaker_consent(consent, clip, takes, sample_rate, languages, speaker=speaker,
-                                  clip_path=src.url(key))
+                                  clip_path=src.url(key), approval=approval, identity=identity)

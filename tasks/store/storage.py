@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ from collections.abc import Callable
 from typing import IO, Any, BinaryIO
 
 import fsspec
+import fsspec.asyn
 from fsspec.core import split_protocol
 
 _LOCAL_PROTOCOLS = ("file", "local")
@@ -50,6 +52,7 @@ _TEMP_PREFIX = ".vf-tmp-"
 _SECRET_OPTIONS = ("key", "secret", "token", "password")
 _PROBE_PREFIX = "_probe"
 _VERIFIED_STORES: set[str] = set()  # S3 stores whose conditional PUT this process has seen refuse
+_VERIFIED_SWAPS: set[str] = set()  # S3 stores whose If-Match PUT this process has seen refuse
 
 
 class InvalidKey(ValueError):
@@ -205,6 +208,16 @@ class Store:
         found = self.fs.glob(self.fs_path(pattern))
         return sorted(k for k in map(self._key_of, found) if not _is_temp(k))
 
+    def glob_times(self, pattern: str) -> dict[str, float]:
+        """Keys matching a glob pattern -> the store's own modification time of each (epoch seconds).
+
+        The time is the store's clock (S3 `LastModified`, a local file's mtime), never this host's:
+        code that compares ages across hosts (the job lease, its fence) compares these.
+        """
+        found = self.fs.glob(self.fs_path(pattern), detail=True)
+        return {self._key_of(path): _mtime(info) for path, info in sorted(found.items())
+                if not _is_temp(self._key_of(path))}
+
     def list(self, prefix: str = "") -> list[str]:
         """Every key below `prefix` (recursively), sorted; [] when there is none."""
         base = self.fs_path(prefix) if prefix else self.root
@@ -267,6 +280,85 @@ class Store:
             return self.read_bytes(key) == data
         except FileNotFoundError:
             return False
+
+    def swap_bytes(self, key: str, data: bytes, expected: bytes | None, *, allow_unsafe: bool = False) -> bool:
+        """Write `data` at `key` only if the key still holds `expected` (None: only if absent), a
+        compare-and-swap: True if we wrote it, False if another writer changed the key first.
+
+        - local folder: read, compare and replace (temp file + `os.replace`) under an exclusive `flock`
+          of a hidden lock file beside the key, which every swap of that key takes;
+        - S3: one GET returns the object with its ETag, then a PUT with `If-Match: <ETag>` (S3 answers
+          412 when the object changed in between); a server that ignores `If-Match` is refused
+          (`UnsafeStore`, probed once per process like exclusive create);
+        - `expected` None: `create_bytes`.
+        """
+        if expected is None:
+            return self.create_bytes(key, data, allow_unsafe=allow_unsafe)
+        if self.is_local:
+            dest = self.fs_path(key)
+            folder, name = os.path.split(dest)
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"{_TEMP_PREFIX}lock.{name}"), "ab") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+                try:
+                    with open(dest, "rb") as f:
+                        if f.read() != expected:
+                            return False
+                except FileNotFoundError:
+                    return False
+                self._atomic_local(key, lambda out: out.write(data))
+                return True
+        if self.protocol in ("s3", "s3a"):
+            self._check_conditional_put(allow_unsafe)
+            bucket, path, _ = self.fs.split_path(self.fs_path(key))
+            try:
+                current, etag = fsspec.asyn.sync(self.fs.loop, _s3_get_with_etag, self.fs, bucket, path)
+            except FileNotFoundError:
+                return False
+            if current != expected:
+                return False
+            try:
+                self.fs.pipe_file(self.fs_path(key), data, IfMatch=etag)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                if _precondition_failed(e):
+                    return False
+                raise
+            return True
+        self.check_exclusive_create(allow_unsafe=allow_unsafe)  # raises unless allow_unsafe: single writer
+        try:
+            if self.read_bytes(key) != expected:
+                return False
+        except FileNotFoundError:
+            return False
+        self.write_bytes(key, data)
+        return True
+
+    def _check_conditional_put(self, allow_unsafe: bool) -> None:
+        """Refuse (`UnsafeStore`) an S3 server that overwrites an object despite a stale `If-Match`."""
+        self.check_exclusive_create(allow_unsafe=allow_unsafe)
+        if self.uri in _VERIFIED_SWAPS:
+            return
+        probe = f"{_PROBE_PREFIX}/{uuid.uuid4().hex}.json"
+        try:
+            self.fs.pipe_file(self.fs_path(probe), b"1", mode="create")
+            try:
+                self.fs.pipe_file(self.fs_path(probe), b"2", IfMatch='"' + "0" * 32 + '"')
+                enforced = False
+            except OSError as e:
+                enforced = _precondition_failed(e)
+                if not enforced:
+                    raise
+        finally:
+            self.delete(probe)
+        if enforced:
+            _VERIFIED_SWAPS.add(self.uri)
+        elif not allow_unsafe:
+            raise UnsafeStore(
+                f"store {self.uri}: the S3 server ignored 'If-Match' (a PUT with a stale ETag succeeded), so a "
+                "compare-and-swap could overwrite a newer object; use AWS S3 or a server that honours conditional "
+                "writes, or pass allow_unsafe_writes=True for a single writer")
 
     def check_exclusive_create(self, *, allow_unsafe: bool = False) -> None:
         """Refuse (`UnsafeStore`) a store on which "create only if absent" is not enforced."""
@@ -335,6 +427,33 @@ def _create_local(path: str, data: bytes) -> None:
         os.link(tmp, path)  # atomic; fails if `path` exists
     finally:
         os.unlink(tmp)
+
+
+async def _s3_get_with_etag(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    """An S3 object's bytes and the ETag of exactly those bytes (one GET)."""
+    response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    try:
+        return await response["Body"].read(), response["ETag"]
+    finally:
+        response["Body"].close()
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """A conditional S3 PUT refused: 412 PreconditionFailed, or 409 ConditionalRequestConflict (EBUSY)."""
+    if isinstance(e, OSError) and e.errno == errno.EBUSY:
+        return True
+    cause = e.__cause__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or "PreconditionFailed" in str(e)
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    """Modification time (epoch seconds) from an fsspec `info` dict: local, S3, or fsspec's memory
+    filesystem (whose `created` is the last write: every write makes a new file object)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("created"))))
+    if value is None:
+        raise KeyError(f"no modification time in {sorted(info)}")
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _is_temp(key: str) -> bool:

@@ -1,12 +1,13 @@
-"""Training checkpoints in the object store: one per run, replaced after every epoch.
+"""Training checkpoints in the object store: one per training, replaced after every epoch.
 
-    voices/<voice_id>/runs/<run_id>/train/state.pt
+    voices/<voice_id>/runs/<training key>/train/state.pt
 
 holds a `finetune` TrainingState (trainable weights, optimisers, schedulers, grad scaler, RNG
 states, epoch, per-epoch log), written with `torch.save` and read back with `weights_only=True`
 (no arbitrary unpickling). The store makes each write atomic (tasks/store/storage.py), so a worker killed
 mid-write leaves the previous epoch's state, never a torn file. Any worker that can reach the
-store resumes the run.
+store resumes the training, and so does a later flow run: the training key is derived from what is
+trained (tasks/enroll/prepare.py, `training_key`), not from the flow run.
 """
 from __future__ import annotations
 

@@ -28,6 +28,9 @@ EVAL_SENTENCES = {
            "The quick brown fox jumps over the lazy dog.",
            "Please call me back when you have a minute."],
     "zh": ["这是我的新声音。", "今天天气很好，我们去公园散步吧。"],
+    "ja": ["これは私の新しい声です。", "今日はいい天気なので、公園を散歩しましょう。"],
+    "ko": ["이것은 저의 새로운 목소리입니다.", "오늘은 날씨가 좋아서 공원에 산책하러 가요."],
+    "yue": ["呢個係我嘅新聲音。", "今日天氣好好，我哋去公園行下啦。"],
 }
 
 
@@ -51,6 +54,9 @@ class Gate(BaseModel):
 
 
 def eval_language(language: str) -> str:
+    """The sentences' language for a voice's reference language: "all_ja" -> "ja", "auto_yue" -> "yue",
+    "auto" and anything without sentences -> "en"."""
+    language = {"auto_yue": "yue"}.get(language, language.removeprefix("all_"))
     return language if language in EVAL_SENTENCES else "en"
 
 

@@ -16,6 +16,11 @@
   Failures of the voice itself (NaN loss, out of memory, bad data) are not retried: the unit
   returns them as a failed result. Actors restart after a crash (`max_restarts=-1`) and go on
   with other voices.
+- A unit that hit a CUDA error (`SpeakerResult.device_fault`: a device-side assert poisons the
+  process's CUDA context) fails its voice, and its actor is replaced, never reused: killed, restarted
+  as a fresh process, and handed the next voice only once a process other than the poisoned one
+  answers. The voice is not retried here (a data fault would poison the next trainer too); the next
+  enrollment run tries it again.
 """
 from __future__ import annotations
 
@@ -92,7 +97,7 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
     attempts: dict[str, int] = {}
     errors: dict[str, list[str]] = {}
     in_flight: dict = {}  # train call -> (actor, voice)
-    recovering: dict = {}  # ping of a restarting actor -> (actor, pings so far)
+    recovering: dict = {}  # ping of a restarting actor -> (actor, pings so far, pid it must not answer from)
     results: list[SpeakerResult] = []
     try:
         while queue or in_flight:
@@ -105,22 +110,28 @@ def train_voices(store_uri: str, prepared: list[SpeakerResult], base: BaseRef, r
                 break
             [done], _ = ray.wait([*in_flight, *recovering], num_returns=1)
             if done in recovering:
-                actor, pings = recovering.pop(done)
+                actor, pings, stale_pid = recovering.pop(done)
                 try:
-                    ray.get(done)
-                    idle.append(actor)  # restarted: it takes the next voice
+                    fresh = ray.get(done)["pid"] != stale_pid
                 except ray.exceptions.RayActorError:
-                    if pings < MAX_RESTART_PINGS:
-                        time.sleep(RESTART_PING_S)
-                        recovering[actor.where.remote()] = (actor, pings + 1)
+                    fresh = False
+                if fresh:
+                    idle.append(actor)  # restarted: it takes the next voice
+                elif pings < MAX_RESTART_PINGS:
+                    time.sleep(RESTART_PING_S)
+                    recovering[actor.where.remote()] = (actor, pings + 1, stale_pid)
                 continue
             actor, p = in_flight.pop(done)
             try:
                 res = ray.get(done)
-                idle.append(actor)
+                if res.device_fault:  # its CUDA context is unusable: a fresh process, not this one, goes on
+                    ray.kill(actor, no_restart=False)
+                    recovering[actor.where.remote()] = (actor, 0, res.metrics.get("trained_on", {}).get("pid"))
+                else:
+                    idle.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.OutOfMemoryError) as e:
-                recovering[actor.where.remote()] = (actor, 0)  # back in the pool once it answers again
+                recovering[actor.where.remote()] = (actor, 0, None)  # back in the pool once it answers again
                 errors.setdefault(p.speaker_id, []).append(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
                 if attempts[p.speaker_id] < max_attempts:
                     queue.appendleft(p)  # resumes from its last checkpoint

@@ -2,12 +2,24 @@
 
     base (read once per process) -> dataset rows -> finetune (checkpoint every epoch, resume if
     a state exists) -> voice files (full or LoRA) -> evaluation clips + figures + gate verdict
-    -> train/result.json (the unit's record; a retried unit that finds it returns it as is)
+    -> train/result.json (the unit's record; a retried unit, or a later run, that finds it returns it:
+       `stored_result`)
 
-Every failure of the voice (NaN loss, out of memory, unreadable data or checkpoint) comes back as
-a `failed` result with a reason a person can act on; nothing is raised to the scheduler, so one
-voice never stops the others. Only the death of the worker process itself reaches the scheduler,
-which retries the unit (tasks/train/scheduler.py).
+The folder (`prepared.run_prefix`) is named by what is trained (tasks/enroll/prepare.py, `training_key`),
+not by the run, so a flow that died and runs again resumes the same checkpoint, or finds the result of a
+training that finished and was never registered. A stored result is judged again when the gate changed
+since; one evaluated with the gate off cannot be, and is trained again.
+
+Every failure of the voice (NaN loss, out of memory, unreadable data or checkpoint, rows whose ids
+or lengths the models cannot take) comes back as a `failed` result with a reason a person can act
+on; nothing is raised to the scheduler, so one voice never stops the others. Only the death of the
+worker process itself reaches the scheduler, which retries the unit (tasks/train/scheduler.py).
+
+A CUDA error (a device-side assert, an illegal address: `device_fault`) leaves the process's CUDA
+context unusable for every later voice, unlike an out-of-memory error. Its result carries
+`device_fault`, and the scheduler replaces that trainer's process instead of handing it the next
+voice. On CUDA the unit synchronises before it reports, so an asynchronous error surfaces in the
+voice that caused it, not in the next one.
 """
 from __future__ import annotations
 
@@ -18,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 
 import numpy as np
+import torch
 
 from voicefleet.tasks.enroll.ingest import SR
 from voicefleet.tasks.enroll.prepare import SpeakerResult
@@ -29,7 +42,7 @@ from voicefleet.tasks.voices.base_store import BaseRef, cached_base, fresh_model
 from .checkpoint import CorruptCheckpoint, StoreCheckpointer
 from .evaluate import EVAL_SENTENCES, Gate, eval_language, measure, speaker_centroid
 from .finetune import Recipe, TrainingFailed, finetune
-from .rows import dataset_rows
+from .rows import BadTrainingData, check_rows, dataset_rows
 
 TrainHook = Callable[[str, str, int], None]  # (voice id, event, epoch)
 
@@ -48,21 +61,69 @@ def _frontend(bert_dir: str | None):
     return TextFrontend(bert_dir=bert_dir)
 
 
+def device_fault(e: BaseException) -> bool:
+    """A CUDA error after which the process's CUDA context cannot be trusted (not an out-of-memory error)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    if isinstance(e, torch.AcceleratorError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(m in text for m in (
+        "CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_EXECUTION_FAILED",
+        "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
+
+
 def result_key(run_prefix: str) -> str:
     return f"{run_prefix}/train/result.json"
+
+
+def stored_result(store: Store, prepared: SpeakerResult, gate: dict | None = None) -> SpeakerResult | None:
+    """The result of this training folder's finished training (a worker or a whole flow run died before
+    registering it), with the gate's verdict for `gate`; None when there is none to use."""
+    key = result_key(prepared.run_prefix)
+    if not store.exists(key):
+        return None
+    try:
+        out = SpeakerResult.model_validate_json(store.read_bytes(key))
+    except ValueError:  # unreadable: the training runs again and writes it anew
+        return None
+    if out.status != "trained" or out.speaker_id != prepared.speaker_id or out.run_prefix != prepared.run_prefix:
+        return None
+    out = _judged(out, Gate(**(gate or {})))
+    if out is not None:
+        StoreCheckpointer(store, prepared.run_prefix).clear()  # left when the process died right after the result
+    return out
+
+
+def _judged(out: SpeakerResult, gate: Gate) -> SpeakerResult | None:
+    """`out` with `gate`'s verdict on its figures (as stored when the gate is the same); None when its figures
+    were never measured (evaluated with the gate off) and `gate` needs them."""
+    verdict = out.evaluation.get("gate", {})
+    if {k: verdict.get(k) for k in gate.model_dump()} == gate.model_dump():
+        return out
+    if gate.mode == "off":
+        judged = {"mode": "off", "passed": True, "reasons": ["evaluation and gate are off"]}
+    elif verdict.get("mode", "off") == "off":
+        return None
+    else:
+        passed, reasons = gate.judge(out.evaluation)
+        judged = {**gate.model_dump(), "passed": passed, "reasons": reasons}
+    return out.model_copy(update={"evaluation": {**out.evaluation, "gate": judged}})
 
 
 def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: dict, gate: dict | None = None,
                device: str = "cpu", hook: TrainHook | None = None) -> SpeakerResult:
     store, prefix, voice = Store(store_uri), prepared.run_prefix, prepared.speaker_id
-    if store.exists(result_key(prefix)):  # finished earlier; the worker died before reporting it
-        return SpeakerResult.model_validate_json(store.read_bytes(result_key(prefix)))
+    done = stored_result(store, prepared, gate)  # finished earlier; the worker (or the flow) died before using it
+    if done is not None:
+        return done
     rec, gate_cfg = Recipe(**recipe), Gate(**(gate or {}))
     try:
         cached = cached_base(store, base.prefix)
         gpt, sovits = fresh_models(cached)
         frontend = _frontend(base.bert_dir)
         rows = dataset_rows(store.read_bytes(f"{prefix}/dataset.parquet"), frontend)
+        check_rows(rows, gpt.cfg, sovits.cfg, prepared.prompt_tokens)
         checkpoint = StoreCheckpointer(store, prefix)
         result = finetune(rows, gpt, sovits, rec, device, cached.discriminator_state, log=lambda *_: None,
                           checkpoint=checkpoint, hook=(lambda event, epoch: hook(voice, event, epoch)) if hook else None)
@@ -77,11 +138,18 @@ def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: d
         metrics = dict(result.metrics, base_model=base.name, untrained_base=base.untrained,
                        checkpoint_bytes=checkpoint.saved_bytes, artifact_bytes=artifact_bytes(store, files),
                        kind="lora" if result.lora is not None else "full")
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)  # an asynchronous CUDA error belongs to this voice
     except TrainingFailed as e:
         return _failed(prepared, str(e))
+    except BadTrainingData as e:
+        return _failed(prepared, f"bad training data, nothing trained: {e}")
     except (MemoryError, CorruptCheckpoint, FileNotFoundError, ValueError) as e:
         return _failed(prepared, f"{type(e).__name__}: {e}")
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+        if device_fault(e):
+            return _failed(prepared, f"CUDA error on {device} ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                                     "its trainer process is replaced").model_copy(update={"device_fault": True})
         oom = "out of memory" in str(e).lower()
         return _failed(prepared, f"{'out of memory on ' + device + ': ' if oom else type(e).__name__ + ': '}{str(e)[:300]}")
     except Exception as e:  # noqa: BLE001 — report, never crash the batch

@@ -7,6 +7,8 @@ and the shared base they are fine-tuned from.
     errors.py       one exception type per registry failure a caller can act on
     manage.py       grant, revoke, withdraw (owner or admin, audited), rollback, describe
     base_model.py   the base: official pretrained v2 weights, or the tiny random one
+    pretrained_pull.py  the official weights fetched from the Hugging Face Hub (pinned revision, sha256
+                    checked against pretrained_manifest.json), and the default folder they land in
     base_store.py   the base published once to the store and read once per worker process
     artifacts.py    a version's files: full fine-tune or LoRA delta, written and loaded
 

@@ -6,8 +6,9 @@ Two kinds, told apart by the version's `files`:
   complete copy of both models per voice (~230 MB at v2 size);
 - LoRA: `lora` (`lora.safetensors`: the GPT's and SoVITS's adapter factors under `gpt/` and
   `sovits/`, the LoRA config as metadata) plus `base_gpt` / `base_sovits`, the shared base it
-  applies to (tasks/voices/base_store.py). A render process reads the base once and merges each voice's
-  delta into a copy of it.
+  applies to (tasks/voices/base_store.py). A render process reads the base once; each voice's SoVITS
+  delta is merged into a copy of it, and its GPT factors stay apart (`load_voice_for_batching`), so
+  the lines of many LoRA voices decode in one batch, each row with its own adapter.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from safetensors.torch import save as st_save
 from voicefleet.model.checkpoint import load_gpt, load_sovits, save_gpt, save_sovits
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.lora import LoRAConfig, apply_lora
+from voicefleet.model.multi_lora import AdapterError, GPTAdapter
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.tasks.store.storage import Store
 
 from .base_store import BaseRef, cached_base
+from .records import base_prefix
 
 
 def save_full(store: Store, prefix: str, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, info: str) -> dict[str, str]:
@@ -52,20 +55,38 @@ def artifact_bytes(store: Store, files: dict[str, str]) -> int:
     return sum(len(store.read_bytes(files[n])) for n in ("gpt", "sovits", "lora") if n in files)
 
 
-def _base_prefix(files: dict[str, str]) -> str:
-    return files["base_gpt"].rsplit("/", 1)[0]
+def _lora(store: Store, files: dict[str, str]) -> tuple[LoRAConfig, dict[str, dict[str, torch.Tensor]]]:
+    data = store.read_bytes(files["lora"])
+    header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+    cfg = LoRAConfig(**json.loads(header["__metadata__"]["lora"]))
+    tensors = st_load(data)
+    return cfg, {p: {k[len(p) + 1:]: v.float() for k, v in tensors.items() if k.startswith(p + "/")}
+                 for p in ("gpt", "sovits")}
 
 
 def load_voice_models(store: Store, files: dict[str, str]) -> tuple[Text2SemanticDecoder, SynthesizerTrn]:
     """The (GPT, SoVITS) a version renders with: its full checkpoints, or the shared base + its delta."""
     if "lora" not in files:
         return load_gpt(store.read_bytes(files["gpt"])).model, load_sovits(store.read_bytes(files["sovits"])).model
-    data = store.read_bytes(files["lora"])
-    header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
-    cfg = LoRAConfig(**json.loads(header["__metadata__"]["lora"]))
-    tensors = st_load(data)
-    parts = {p: {k[len(p) + 1:]: v.float() for k, v in tensors.items() if k.startswith(p + "/")} for p in ("gpt", "sovits")}
-    base = cached_base(store, _base_prefix(files))
+    cfg, parts = _lora(store, files)
+    base = cached_base(store, base_prefix(files))
     gpt = apply_lora(base.gpt, parts["gpt"], cfg.gpt_targets, cfg).eval()
     sovits = apply_lora(base.sovits, parts["sovits"], cfg.sovits_targets, cfg).eval()
     return gpt, sovits
+
+
+def load_voice_for_batching(store: Store, files: dict[str, str]
+                            ) -> tuple[Text2SemanticDecoder, SynthesizerTrn, GPTAdapter | None]:
+    """(GPT, SoVITS, adapter) for decode batches shared across voices: a LoRA voice's GPT is the shared
+    base itself (the same object for every voice over it, unmerged) with its factors as `adapter`, its
+    SoVITS the base with its delta merged; a full fine-tune, or LoRA factors outside the layers that
+    decode per row, as `load_voice_models` (adapter None)."""
+    if "lora" not in files:
+        return (*load_voice_models(store, files), None)
+    cfg, parts = _lora(store, files)
+    base = cached_base(store, base_prefix(files))
+    sovits = apply_lora(base.sovits, parts["sovits"], cfg.sovits_targets, cfg).eval()
+    try:
+        return base.gpt, sovits, GPTAdapter.from_state(parts["gpt"], cfg)
+    except AdapterError:  # factors this engine cannot apply per row: the voice decodes alone, merged
+        return apply_lora(base.gpt, parts["gpt"], cfg.gpt_targets, cfg).eval(), sovits, None

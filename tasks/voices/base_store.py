@@ -58,19 +58,20 @@ _READS = [0]  # base models this process has read from a store
 def publish_base(store: Store, spec: str) -> BaseRef:
     """Write the base named by `spec` ('tiny' or 'pretrained:<dir>') to the store unless it is there."""
     base = load_base(spec)
-    gpt, sovits = io.BytesIO(), io.BytesIO()
+    gpt, sovits, disc = io.BytesIO(), io.BytesIO(), io.BytesIO()
     save_gpt(base.gpt, gpt, info=base.name, dtype=None)
     save_sovits(base.sovits, sovits, info=base.name, dtype=None, with_posterior=True)
-    digest = hashlib.sha256(gpt.getvalue() + sovits.getvalue()).hexdigest()[:12]
+    if base.discriminator_state is not None:
+        torch.save(base.discriminator_state, disc)
+    # the discriminator is part of the content: a base published without one is never taken for one with it
+    digest = hashlib.sha256(gpt.getvalue() + sovits.getvalue() + disc.getvalue()).hexdigest()[:12]
     prefix = f"{BASES_PREFIX}/{re.sub(r'[^A-Za-z0-9_-]+', '-', base.name).strip('-')}-{digest}"
     ref = BaseRef(name=base.name, untrained=base.untrained, prefix=prefix, bert_dir=base.bert_dir)
     if not store.exists(f"{prefix}/base.json"):
         store.write_bytes(f"{prefix}/gpt.ckpt", gpt.getvalue())
         store.write_bytes(f"{prefix}/sovits.pth", sovits.getvalue())
         if base.discriminator_state is not None:
-            buf = io.BytesIO()
-            torch.save(base.discriminator_state, buf)
-            store.write_bytes(f"{prefix}/disc.pt", buf.getvalue())
+            store.write_bytes(f"{prefix}/disc.pt", disc.getvalue())
         store.write_bytes(f"{prefix}/base.json", ref.model_dump_json().encode())  # last: marks it complete
     return ref
 

@@ -5,7 +5,7 @@ is "not found", a withdrawn consent is a refusal, a bad grant is bad input.
 """
 from __future__ import annotations
 
-__all__ = ["ConsentWithdrawn", "InvalidGrant", "InvalidStatus", "MissingVersionFile", "OwnerMismatch",
+__all__ = ["ConsentWithdrawn", "GateFailed", "InvalidGrant", "InvalidStatus", "MissingVersionFile", "OwnerMismatch",
            "RegistryConflict", "RegistryError", "UnknownVersion", "UnknownVoice"]
 
 
@@ -44,7 +44,11 @@ class InvalidGrant(RegistryError, ValueError):
 
 
 class ConsentWithdrawn(RegistryError, ValueError):
-    """The speaker withdrew consent; only a consent granted after the withdrawal re-enrolls the voice."""
+    """The speaker withdrew consent; it stands until an admin reinstates it for a new, verified consent clip."""
+
+
+class GateFailed(RegistryError, ValueError):
+    """A rollback named a version that failed its quality gate (and the caller did not insist)."""
 
 
 class MissingVersionFile(RegistryError, FileNotFoundError):

@@ -80,6 +80,12 @@ class VersionRecord(NewVersion):
     version: int = Field(ge=1)
     created_at: AwareDatetime
 
+    @property
+    def gate_failed(self) -> bool:
+        """The quality gate measured this version and it did not pass (whatever the gate's mode)."""
+        gate = self.evaluation.get("gate")
+        return isinstance(gate, dict) and gate.get("passed") is False
+
 
 class VoiceRecord(BaseModel):
     """The mutable part of a voice: owner, status, versions, sharing and grants."""
@@ -118,3 +124,14 @@ class VoiceRecord(BaseModel):
     def replace(self, **changes: Any) -> VoiceRecord:
         """A validated copy with `changes` applied."""
         return VoiceRecord.model_validate({**self.model_dump(), **changes})
+
+
+def base_prefix(files: dict[str, str]) -> str:
+    """The store prefix of the shared base a LoRA version's `files` apply to."""
+    return files["base_gpt"].rsplit("/", 1)[0]
+
+
+def decode_group(files: dict[str, str]) -> str:
+    """Versions whose GPT lines can share decode batches have the same group: LoRA versions over one
+    base (each row applies its own adapter); a full fine-tune is a group of its own."""
+    return f"base:{base_prefix(files)}" if "lora" in files else f"voice:{files['gpt']}"

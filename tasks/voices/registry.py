@@ -8,7 +8,20 @@ It lives in the object store next to the data (no server), under two prefixes:
 **Versions** are written once. `add_version` picks N = 1 + the highest registered version and
 creates `version.json` with an *exclusive create*; if that key already exists (another writer got
 there first, or an earlier run crashed after writing it), it tries N + 1. Then the record is updated
-so that N is listed and current.
+so that N is listed and, when it is newer than the current version, current: the current version
+only moves forward, and that rule is applied inside the record's conditional write (below), so of
+two runs that registered versions 1 and 2 the voice ends on 2 whichever record update lands last.
+Only an explicit `rollback` moves it back. `uploads` tells which upload (its fingerprint,
+`metrics["source_hash"]`) each version was trained from, current or not, so enrollment trains an
+upload once.
+
+**Registering a training twice** makes no second version: with `training_key` (the training's folder,
+tasks/enroll/prepare.py, kept as `metrics["training_key"]`), `add_version` first looks for a version made
+of the same training and upload, among the listed versions and the `version.json` files a run wrote and
+died before listing. A listed one is returned as it is; an unlisted one is listed now (current by the
+same rules), so a flow that died anywhere in registering registers each voice once when it runs again.
+With one writer per voice (enrollment's training lock): two concurrent writers of the same training
+could each make one.
 
 **Records** change (status, grants, current version, ...) under optimistic concurrency
 (tasks/voices/revisions.py): each change is a new, complete revision file written with an exclusive
@@ -124,6 +137,19 @@ class VoiceRegistry:
             raise UnknownVersion(f"voice {voice_id} has no version {n!r} (versions: {_listed(record.versions)})")
         return VersionRecord.model_validate_json(self.store.read_bytes(_version_key(voice_id, n)))
 
+    def uploads(self, voice_id: str) -> dict[str, VersionRecord]:
+        """Upload fingerprint (`metrics["source_hash"]`) -> the newest version trained from it, over every
+        registered version, current or not (a version the gate held back, one rolled back from). {} for a
+        voice never registered. One read per version."""
+        record = load(self.store, safe_id(voice_id, "voice id"))
+        out: dict[str, VersionRecord] = {}
+        for n in sorted(record.versions if record else []):
+            version = VersionRecord.model_validate_json(self.store.read_bytes(_version_key(voice_id, n)))
+            fingerprint = version.metrics.get("source_hash")
+            if isinstance(fingerprint, str) and fingerprint:
+                out[fingerprint] = version
+        return out
+
     def authorize(self, voice_id: str, principal: str, at: datetime | None = None) -> Decision:
         """May `principal` render with `voice_id` at time `at` (now by default)?
 
@@ -141,12 +167,14 @@ class VoiceRegistry:
 
     def ensure_voice(self, voice_id: str, owner: str, sharing: Sharing = "private", *,
                      consent_granted_at: datetime | None = None,
-                     consent_expires_at: datetime | None = None) -> VoiceRecord:
+                     consent_expires_at: datetime | None = None,
+                     reinstated_at: datetime | None = None) -> VoiceRecord:
         """Register the voice (status "queued") or, if it exists, bring its consent terms up to date.
 
         Raises `OwnerMismatch` if the voice is registered to another owner, and `ConsentWithdrawn`
-        if the speaker withdrew consent and `consent_granted_at` is not after the withdrawal (a
-        newer consent clears the withdrawal).
+        if the speaker withdrew consent, unless an admin reinstated it after the withdrawal
+        (`reinstated_at`, tasks/safety/consent_review.py: for the verified clip of this enrollment)
+        and `consent_granted_at` is after the withdrawal too. Nothing in the upload alone lifts it.
         """
         voice_id = safe_id(voice_id, "voice id")
         owner = check_principal(owner)
@@ -161,6 +189,11 @@ class VoiceRegistry:
                 raise OwnerMismatch(f"voice {voice_id} is owned by {record.owner}, not {owner}")
             updated = dict(terms)
             if record.withdrawn_at is not None:
+                if reinstated_at is None or reinstated_at <= record.withdrawn_at:
+                    raise ConsentWithdrawn(
+                        f"voice {voice_id}: the speaker withdrew consent at {record.withdrawn_at.isoformat()}; it "
+                        "stands until an admin reinstates it for a new consent clip (voicefleet consent reinstate "
+                        "SPEAKER --src ENROLL_ROOT --as ADMIN) and that clip is verified by enrolling again")
                 if consent_granted_at is None or consent_granted_at <= record.withdrawn_at:
                     raise ConsentWithdrawn(
                         f"voice {voice_id}: the speaker withdrew consent at {record.withdrawn_at.isoformat()}; "
@@ -184,7 +217,8 @@ class VoiceRegistry:
         return self._update(voice_id, change)
 
     def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True,
-                    make_current: bool = True, held_back: str | None = None) -> VersionRecord:
+                    make_current: bool = True, held_back: str | None = None,
+                    training_key: str | None = None) -> VersionRecord:
         """Register a new immutable version; it becomes current and the voice "ready".
 
         The version's files must already be in the store (`MissingVersionFile` otherwise,
@@ -192,33 +226,65 @@ class VoiceRegistry:
         higher when another writer took that number first. With `make_current=False` (a version
         the quality gate held back) it is listed but the current version stays; `held_back` is
         the reason, kept as the voice's status reason (status "failed" if it has no current one).
+        A version older than the current one (a concurrent run registered a newer one first) is
+        listed, never made current: the current version only moves forward.
+
+        `training_key` (kept as `metrics["training_key"]`) makes it idempotent: the version already made of
+        that training and upload fingerprint (`metrics["source_hash"]`) is returned instead of a new one;
+        unlisted (its writer died before the record update), it is listed first.
         """
         voice_id = safe_id(voice_id, "voice id")
         new = new if isinstance(new, NewVersion) else NewVersion.model_validate(new)
+        if training_key is not None:
+            new = new.model_copy(update={"metrics": {**new.metrics, "training_key": training_key}})
         for name, key in new.files.items():
             self.store.fs_path(key)  # refuses keys that leave the store
             if check_files and not self.store.exists(key):
                 raise MissingVersionFile(f"voice {voice_id}: version file {name} {self.store.url(key)} does not exist")
 
         self.store.check_exclusive_create(allow_unsafe=self.allow_unsafe_writes)
-        n = max(self.get(voice_id).versions, default=0) + 1
-        while True:
-            version = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
-            if self.store.create_bytes(_version_key(voice_id, n), to_json(version),
+        listed = self.get(voice_id).versions
+        version = self._made_by(voice_id, training_key, new.metrics.get("source_hash")) if training_key else None
+        if version is not None and version.version in listed:
+            return version  # registered already
+        if version is not None:
+            n = version.version  # written by a run that died before listing it: listed below
+        else:
+            n = max(listed, default=0) + 1
+        while version is None:
+            candidate = VersionRecord(**new.model_dump(), voice_id=voice_id, version=n, created_at=_now())
+            if self.store.create_bytes(_version_key(voice_id, n), to_json(candidate),
                                        allow_unsafe=self.allow_unsafe_writes):
-                break
-            n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
+                version = candidate
+            else:
+                n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
 
         def change(record: VoiceRecord) -> VoiceRecord:
+            # runs inside the conditional write of the next revision: `record` is the newest one
             versions = sorted({*record.versions, n})
-            if not make_current:
-                reason = f"version {n} not made current: {held_back or 'held back'}"
-                return record.replace(versions=versions, status="ready" if record.current_version else "failed",
-                                      status_reason=reason)
-            return record.replace(versions=versions, current_version=n, status="ready", status_reason=None)
+            current = record.current_version
+            if make_current and current is not None and current > n:
+                held = f"version {current} is newer (a concurrent run registered it first)"
+            elif make_current:
+                return record.replace(versions=versions, current_version=n, status="ready", status_reason=None)
+            else:
+                held = held_back or "held back"
+            return record.replace(versions=versions, status="ready" if current else "failed",
+                                  status_reason=f"version {n} not made current: {held}")
 
         self._update(voice_id, change)
         return version
+
+    def _made_by(self, voice_id: str, training_key: str, fingerprint: Any) -> VersionRecord | None:
+        """The lowest-numbered version file, listed or not, made of training `training_key` from upload
+        `fingerprint` (one listing of the voice's version files, one read each)."""
+        files = self.store.glob(f"{VOICES_PREFIX}/{voice_id}/v*/version.json")
+        for _, key in sorted((n, k) for k in files if (n := _version_number(k)) is not None):
+            version = VersionRecord.model_validate_json(self.store.read_bytes(key))
+            if (version.metrics.get("training_key") == training_key
+                    and version.metrics.get("source_hash") == fingerprint):
+                return version
+        return None
 
     def rollback(self, voice_id: str, n: int) -> VoiceRecord:
         """Make registered version `n` current again (and the voice "ready")."""
@@ -239,20 +305,25 @@ class VoiceRegistry:
         caller's check (`access.may_manage`).
         """
         principal = check_principal(principal)
-        now = _now()
-        if expires_at is not None and _aware(expires_at, "expires_at") <= now:
-            raise InvalidGrant(f"grant for {principal} on voice {voice_id} would expire at "
-                             f"{expires_at.isoformat()}, which is not in the future")
-        grant = Grant(principal=principal, granted_at=now, expires_at=expires_at)
+        if expires_at is not None:
+            _aware(expires_at, "expires_at")
+        grant = Grant(principal=principal, granted_at=_now(), expires_at=expires_at)
 
         def change(record: VoiceRecord) -> VoiceRecord:
-            refusal = grant_refusal(record.sharing, record.owner, principal, self.org_of)
-            if refusal is not None:
-                raise InvalidGrant(f"cannot grant voice {voice_id} to {principal}: {refusal}")
+            self.check_grant(record, principal, expires_at)
             others = [g for g in record.grants if g.principal != principal]
             return record.replace(grants=[*others, grant])
 
         return self._update(voice_id, change)
+
+    def check_grant(self, record: VoiceRecord, principal: str, expires_at: datetime | None) -> None:
+        """Raise `InvalidGrant` unless `record`'s consent scope admits `principal` and `expires_at` is ahead."""
+        if expires_at is not None and _aware(expires_at, "expires_at") <= _now():
+            raise InvalidGrant(f"grant for {principal} on voice {record.voice_id} would expire at "
+                               f"{expires_at.isoformat()}, which is not in the future")
+        refusal = grant_refusal(record.sharing, record.owner, principal, self.org_of)
+        if refusal is not None:
+            raise InvalidGrant(f"cannot grant voice {record.voice_id} to {principal}: {refusal}")
 
     def revoke(self, voice_id: str, principal: str) -> bool:
         """Remove `principal`'s grant; False (and nothing written) if it had none."""
@@ -285,16 +356,19 @@ class VoiceRegistry:
                       allow_unsafe=self.allow_unsafe_writes)
 
 
-def rollback_target(record: VoiceRecord) -> int:
-    """The version `voices rollback` goes back to when none is named: the newest before the current one.
+def rollback_target(record: VoiceRecord, gate_failed: Callable[[int], bool]) -> int:
+    """The version `voices rollback` goes back to when none is named: the newest before the current one
+    that did not fail its quality gate (`gate_failed(n)`, e.g. `VersionRecord.gate_failed`).
 
-    Raises `UnknownVersion` when there is none (a voice with a single version, or none yet).
+    Raises `UnknownVersion` when there is none (a voice with a single version, or only gate-failed ones).
     """
     earlier = [v for v in record.versions if record.current_version is None or v < record.current_version]
-    if not earlier:
-        raise UnknownVersion(f"voice {record.voice_id} has no version before {record.current_version} "
-                             f"(versions: {', '.join(map(str, record.versions)) or 'none'})")
-    return max(earlier)
+    fit = [v for v in earlier if not gate_failed(v)]
+    if not fit:
+        failed = f"; gate failed: {', '.join(map(str, earlier))}" if earlier else ""
+        raise UnknownVersion(f"voice {record.voice_id} has no version before {record.current_version} that passed "
+                             f"its quality gate (versions: {', '.join(map(str, record.versions)) or 'none'}{failed})")
+    return max(fit)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -302,6 +376,12 @@ def rollback_target(record: VoiceRecord) -> int:
 
 def _version_key(voice_id: str, n: int) -> str:
     return f"{VOICES_PREFIX}/{voice_id}/v{n}/version.json"
+
+
+def _version_number(key: str) -> int | None:
+    """`voices/<id>/v7/version.json` -> 7; None for anything else."""
+    m = _VERSION_DIR.fullmatch(key.rsplit("/", 2)[-2])
+    return int(m.group(1)) if m else None
 
 
 def _aware(value: datetime, name: str) -> datetime:
