@@ -142,8 +142,22 @@ def test_mixed_script_bad_lines_refused_rest_ok_then_grant_and_retry(ray_address
     assert read_index(store, "mixed").num_rows == len(rows)
 
 
-def test_a_deployment_run_keeps_no_token_in_prefects_database_logs_artifacts_or_the_job(ray_address, tmp_path,
-                                                                                       monkeypatch):
+ISOLATED = "VOICEFLEET_TEST_IN_FRESH_PROCESS"
+
+
+def test_a_deployment_run_keeps_no_token_in_prefects_database_logs_artifacts_or_the_job():
+    """The check below, run in a fresh interpreter: in the full suite, state that earlier tests leave in this
+    process's Prefect and logging machinery kept the run's logs from reaching the temporary server (seen twice in
+    CI, never alone), and a grep of a database without the run's logs proves nothing about them."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"} | {ISOLATED: "1"}
+    test = f"{__file__}::test_deployment_run_keeps_no_token_fresh_process"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider", test],
+                       env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-6000:] + r.stderr[-3000:]
+
+
+@pytest.mark.skipif(os.environ.get(ISOLATED) != "1", reason="run in a fresh interpreter by the test above")
+def test_deployment_run_keeps_no_token_fresh_process(ray_address, tmp_path, monkeypatch):
     """A run started as the render-script deployment starts one (its parameters from infra/prefect.yaml, the
     caller's token in a Secret block), on a temporary Prefect server with its own database: afterwards no
     byte of the token is in that database (flow run parameters, logs, artifacts, block documents), nor in
