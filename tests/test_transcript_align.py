@@ -123,4 +123,8 @@ def test_low_confidence_asr_transcripts_are_dropped_with_the_reason(speech):
     with pytest.raises(NoTranscript, match=r"speech recognition not confident \(mean log-probability -[\d.]+ < -0\.9"):
         asr.recognise(x16, "en", "take.wav")
     assert asr.recognise(resample(speech["joe-0"], RATE, 16000), "en", "joe.wav")  # clean English is kept
+    # the bounds are enrollment QC settings, honoured: a looser confidence bound keeps the same transcript
+    loose = Transcriber.for_qc(QCConfig(min_asr_logprob=-5.0, max_aligned_wer=0.9))
+    assert (loose.min_avg_logprob, loose.max_aligned_wer) == (-5.0, 0.9)
+    assert loose.recognise(x16, "en", "take.wav")
 

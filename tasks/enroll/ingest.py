@@ -286,7 +286,7 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
     if bad_speakers:
         reject([bad_speakers])
 
-    transcriber = transcriber or Transcriber(qc.asr_model, qc.max_no_speech_prob)
+    transcriber = transcriber or Transcriber.for_qc(qc)
     asr_before = transcriber.calls
     utts: list[Utterance] = []
     for s, text, how in _given_texts(slices, given, default_language, transcriber, problems):

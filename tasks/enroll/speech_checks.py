@@ -60,6 +60,8 @@ class QCConfig(BaseModel):
     default_language: str = "en"  # language of files transcripts.jsonl does not describe
     asr_model: str | None = None  # faster-whisper model folder; None: Whisper tiny.en from the wheel
     max_no_speech_prob: float = 0.6  # ASR says "no speech" above this: utterance dropped
+    min_asr_logprob: float = -0.9  # a Whisper-only transcript less sure than this: dropped (transcribe.py says why)
+    max_aligned_wer: float = 0.3  # a supplied sentence on a slice that ASR hears this far off: dropped
     # reference clip for inference prompts
     ref_min_s: float = 3.0
     ref_max_s: float = 10.0

@@ -27,9 +27,13 @@ import numpy as np
 
 from voicefleet.tasks.measure.asr import ASR, NoASRModel, Transcript, wer
 
+from .speech_checks import QCConfig
+
 TRANSCRIPTS_FILE = "transcripts.jsonl"
-MIN_AVG_LOGPROB = -0.9  # between noisy English (-0.75) and hallucinated foreign speech (-1.04), see above
-MAX_ALIGNED_WER = 0.3  # an aligned slice whose ASR words differ more is dropped (clean tiny.en: <= ~0.15)
+# the defaults of QCConfig's min_asr_logprob (between noisy English, -0.75, and hallucinated foreign speech, -1.04,
+# see above) and max_aligned_wer (an aligned slice whose ASR words differ more is dropped; clean tiny.en <= ~0.15)
+MIN_AVG_LOGPROB = QCConfig.model_fields["min_asr_logprob"].default
+MAX_ALIGNED_WER = QCConfig.model_fields["max_aligned_wer"].default
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,17 @@ class Transcriber:
     """Text for one utterance: given, or recognised by Whisper (tasks/measure/asr.py) when the language has a model."""
 
     def __init__(self, model_path: str | None = None, max_no_speech_prob: float = 0.6,
-                 min_avg_logprob: float = MIN_AVG_LOGPROB):
+                 min_avg_logprob: float = MIN_AVG_LOGPROB, max_aligned_wer: float = MAX_ALIGNED_WER):
         self.asr = ASR(model_path=model_path)
         self.max_no_speech_prob = max_no_speech_prob
         self.min_avg_logprob = min_avg_logprob
+        self.max_aligned_wer = max_aligned_wer
         self.calls = 0  # ASR runs, for the report and the benchmark
+
+    @classmethod
+    def for_qc(cls, qc: QCConfig) -> "Transcriber":
+        """The transcriber an enrollment's QC settings ask for (model, no-speech, confidence and alignment bounds)."""
+        return cls(qc.asr_model, qc.max_no_speech_prob, qc.min_asr_logprob, qc.max_aligned_wer)
 
     def supports(self, language: str) -> bool:
         return self.asr.supports(language)
@@ -104,10 +114,10 @@ class Transcriber:
         return t.text
 
     def check_aligned(self, wav16k: np.ndarray, text: str, language: str, label: str) -> str | None:
-        """None when the recogniser hears `text` in the clip (WER <= MAX_ALIGNED_WER), else the reason."""
+        """None when the recogniser hears `text` in the clip (WER <= `max_aligned_wer`), else the reason."""
         heard = self.hear(wav16k, language, label)
         errors = wer(text, heard.text)
-        if errors <= MAX_ALIGNED_WER:
+        if errors <= self.max_aligned_wer:
             return None
         return (f"{label}: the transcript aligned to this slice ({text!r}) is not what speech recognition hears "
-                f"({heard.text!r}, WER {errors:.2f} > {MAX_ALIGNED_WER:g}); slice dropped")
+                f"({heard.text!r}, WER {errors:.2f} > {self.max_aligned_wer:g}); slice dropped")
