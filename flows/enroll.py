@@ -51,6 +51,7 @@ from voicefleet.tasks.train.voice_lock import TrainingLocks, VoiceBusy, VoiceLoc
 from voicefleet.tasks.voices.base_model import base_spec, pretrained_files
 from voicefleet.tasks.voices.base_store import publish_base
 from voicefleet.tasks.voices.errors import RegistryError, UnknownVoice
+from voicefleet.tasks.voices.records import VersionRecord
 from voicefleet.tasks.voices.registry import VoiceRegistry
 
 from .progress import report
@@ -155,14 +156,14 @@ def train(store: str, prepared: list[SpeakerResult], base: str, recipe: dict, re
 
 @task
 def register(store: str, trained: list[SpeakerResult], recipe: dict,
-             locks: TrainingLocks | None = None) -> list[SpeakerResult]:
+             locks: TrainingLocks | None = None, run_id: str = "?") -> list[SpeakerResult]:
     """Register each trained voice; with `locks` (the flow's), only while this run holds the voice's lock,
     and the lock is released once it is registered. Without, the caller answers for one writer per voice."""
     registry = VoiceRegistry(Store(store))
     out = []
     for r in trained:
         try:
-            out.append(register_one(registry, r, recipe, locks))
+            out.append(register_one(registry, r, recipe, locks, actor=f"enroll-run:{run_id}"))
         finally:
             if locks is not None:
                 locks.release(r.speaker_id)
@@ -170,8 +171,12 @@ def register(store: str, trained: list[SpeakerResult], recipe: dict,
 
 
 def register_one(registry: VoiceRegistry, r: SpeakerResult, recipe: dict,
-                 locks: TrainingLocks | None = None) -> SpeakerResult:
-    """A trained voice -> a registered version (while this run still holds the voice's training lock)."""
+                 locks: TrainingLocks | None = None, actor: str = "enroll-run:?") -> SpeakerResult:
+    """A trained voice -> a registered version (while this run still holds the voice's training lock).
+
+    Recorded, then made: the version's audit record is written once its number is known and before it is
+    listed or made current; a log that cannot record leaves the version unlisted (never rendered) and the
+    voice failed with the reason, and the rerun lists it after recording it."""
     try:
         if locks is not None:
             locks.check(r.speaker_id)
@@ -186,6 +191,13 @@ def register_one(registry: VoiceRegistry, r: SpeakerResult, recipe: dict,
     metrics = dict(r.metrics, source_hash=r.source_hash, seconds=r.seconds)
     verdict = r.evaluation.get("gate", {})
     held = verdict.get("mode") == "enforce" and not verdict.get("passed", True)
+    training_key = posixpath.basename(r.run_prefix) if r.run_prefix else None
+
+    def record(v: VersionRecord) -> None:
+        audit.append(registry.store, "version_registered", actor, voice=r.speaker_id, version=v.version,
+                     detail={"training_key": training_key, "made_current": not held,
+                             "base_model": v.base_model, "source_hash": r.source_hash})
+
     try:  # idempotent by the training's folder: registering it again (a rerun) makes no second version
         v = registry.add_version(r.speaker_id, {
             "base_model": r.metrics.get("base_model", "?"), "untrained": bool(r.metrics.get("untrained_base")),
@@ -193,8 +205,8 @@ def register_one(registry: VoiceRegistry, r: SpeakerResult, recipe: dict,
             "prompt_tokens": r.prompt_tokens, "metrics": metrics, "recipe": recipe, "consent": r.consent,
             "consent_check": r.consent_check, "pipeline_version": r.pipeline_version, "evaluation": r.evaluation},
             make_current=not held, held_back="below the quality gate: " + "; ".join(verdict.get("reasons", [])),
-            training_key=posixpath.basename(r.run_prefix) if r.run_prefix else None)
-    except (RegistryError, ValueError) as e:  # one speaker's registry problem never stops the batch
+            training_key=training_key, before_listing=record)
+    except (RegistryError, ValueError, audit.AuditUnavailable) as e:  # one speaker's problem never stops the batch
         return r.model_copy(update={"status": "failed", "reasons": [f"could not register: {e}"]})
     if held:
         return r.model_copy(update={"status": "gated", "voice_version": v.version, "reasons": [
@@ -258,6 +270,6 @@ def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = 
                        holder_gone=process_identity.is_dead) as locks:
         ok, left = claim(store, [p for p in prepared if p.status == "prepared"], locks, force)
         trained = train(store, ok, base, recipe, resources, gate, workers) if ok else []
-        registered = register(store, trained, recipe, locks)
+        registered = register(store, trained, recipe, locks, run_id)
     summary = summarize(store, run_id, [p for p in prepared if p.status != "prepared"] + left + registered)
     return {**summary, "dashboard": dashboard}

@@ -27,6 +27,7 @@ import torch
 from voicefleet.flows.enroll import register_one
 from voicefleet.tasks.enroll.prepare import SpeakerResult, run_prefix, training_key
 from voicefleet.tasks.render import process_identity
+from voicefleet.tasks.safety import audit
 from voicefleet.tasks.store.storage import Store
 from voicefleet.tasks.train.checkpoint import state_key
 from voicefleet.tasks.train.unit import result_key, stored_result
@@ -114,18 +115,43 @@ def test_registering_a_training_again_makes_no_second_version(store: Store) -> N
     assert registry.add_version("ada", version(store, "ada", "t-3", "upload B")).version == 4
 
 
-def test_a_trained_result_is_registered_once_through_the_flow_step(local_store: Store) -> None:
-    registry = VoiceRegistry(local_store)
+def trained_voice(store: Store) -> tuple[VoiceRegistry, SpeakerResult, str]:
+    """A voice "ada" whose training (upload A) finished and wrote its files, not yet registered."""
+    registry = VoiceRegistry(store)
     registry.ensure_voice("ada", OWNER)
     key = training_key("upload A")
     files = {name: f"{run_prefix('ada', key)}/{name}.bin" for name in ("gpt", "sovits")}
     for k in files.values():
-        local_store.write_bytes(k, b"x")
+        store.write_bytes(k, b"x")
     trained = SpeakerResult(speaker_id="ada", status="trained", source_hash="upload A", owner=OWNER, files=files,
                             run_prefix=run_prefix("ada", key), evaluation={"gate": {"mode": "off", "passed": True}})
+    return registry, trained, key
+
+
+def test_a_trained_result_is_registered_once_through_the_flow_step(local_store: Store) -> None:
+    registry, trained, key = trained_voice(local_store)
     outs = [register_one(registry, trained, {}) for _ in range(2)]
     assert [(o.status, o.voice_version) for o in outs] == [("accepted", 1), ("accepted", 1)]
     assert registry.get("ada").versions == [1] and registry.version("ada", 1).metrics["training_key"] == key
+
+
+def test_a_version_is_listed_only_after_its_audit_record(local_store: Store, monkeypatch) -> None:
+    registry, trained, key = trained_voice(local_store)
+    real_append = audit.append
+
+    def unavailable(*args, **kwargs):
+        raise audit.AuditUnavailable("cannot record version_registered: the store refused the write")
+
+    monkeypatch.setattr(audit, "append", unavailable)
+    out = register_one(registry, trained, {}, actor="enroll-run:r1")
+    assert out.status == "failed" and "cannot record version_registered" in out.reasons[0]
+    assert registry.get("ada").versions == [] and registry.get("ada").current_version is None  # never rendered
+    monkeypatch.setattr(audit, "append", real_append)
+    out = register_one(registry, trained, {}, actor="enroll-run:r2")  # the rerun records, then lists it
+    assert (out.status, out.voice_version) == ("accepted", 1) and registry.get("ada").current_version == 1
+    records = [r for r in audit.read(local_store) if r["event"] == "version_registered"]
+    assert [(r["voice"], r["version"], r["actor"], r["detail"]["training_key"]) for r in records] == [
+        ("ada", "1", "enroll-run:r2", key)]
 
 
 def test_the_lock_of_a_dead_flow_process_is_taken_at_once_a_live_ones_is_not(local_store: Store) -> None:

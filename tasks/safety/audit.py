@@ -63,6 +63,7 @@ PREFIX = "audit"
 HEAD = "audit-head.json"
 EVENTS = (  # one event per line
     "enrollment",
+    "version_registered",
     "consent_verdict",
     "grant",
     "revoke",

@@ -218,7 +218,8 @@ class VoiceRegistry:
 
     def add_version(self, voice_id: str, new: NewVersion | Mapping[str, Any], *, check_files: bool = True,
                     make_current: bool = True, held_back: str | None = None,
-                    training_key: str | None = None) -> VersionRecord:
+                    training_key: str | None = None,
+                    before_listing: Callable[[VersionRecord], None] | None = None) -> VersionRecord:
         """Register a new immutable version; it becomes current and the voice "ready".
 
         The version's files must already be in the store (`MissingVersionFile` otherwise,
@@ -232,6 +233,11 @@ class VoiceRegistry:
         `training_key` (kept as `metrics["training_key"]`) makes it idempotent: the version already made of
         that training and upload fingerprint (`metrics["source_hash"]`) is returned instead of a new one;
         unlisted (its writer died before the record update), it is listed first.
+
+        `before_listing(version)` runs once the version's file exists (its number known) and before it is
+        listed or made current: the enrollment flow writes its audit record there, so a version no audit
+        record names is never rendered. If it raises, the version stays unlisted (a rerun with the same
+        `training_key` finds it and calls `before_listing` again) and the exception propagates.
         """
         voice_id = safe_id(voice_id, "voice id")
         new = new if isinstance(new, NewVersion) else NewVersion.model_validate(new)
@@ -258,6 +264,8 @@ class VoiceRegistry:
                 version = candidate
             else:
                 n += 1  # taken by a concurrent writer, or left by a run that crashed before registering it
+        if before_listing is not None:
+            before_listing(version)
 
         def change(record: VoiceRecord) -> VoiceRecord:
             # runs inside the conditional write of the next revision: `record` is the newest one
