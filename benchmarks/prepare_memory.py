@@ -77,7 +77,7 @@ def write_official_folder(root: Path) -> None:
 
     from voicefleet.model.config import SoVITSConfig
     from voicefleet.model.discriminator import MultiPeriodDiscriminator
-    from voicefleet.tasks.voices.base_model import BERT_DIR, DISC_FILE, GPT_FILE, HUBERT_DIR, SOVITS_FILE, V2_DIR
+    from voicefleet.tasks.voices.pretrained_layout import BERT_DIR, DISC_FILE, GPT_FILE, HUBERT_DIR, SOVITS_FILE, V2_DIR
 
     spec = importlib.util.spec_from_file_location("ref_weights", REFERENCE / "ref_weights.py")
     rw = importlib.util.module_from_spec(spec)
@@ -100,7 +100,7 @@ def write_official_folder(root: Path) -> None:
 
 
 def folder_mib(root: Path) -> dict[str, float]:
-    from voicefleet.tasks.voices.base_model import BERT_DIR, DISC_FILE, GPT_FILE, HUBERT_DIR, SOVITS_FILE
+    from voicefleet.tasks.voices.pretrained_layout import BERT_DIR, DISC_FILE, GPT_FILE, HUBERT_DIR, SOVITS_FILE
 
     def size(p: Path) -> float:
         return (sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size) / 2**20

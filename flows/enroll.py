@@ -48,7 +48,7 @@ from voicefleet.tasks.train.finetune import Recipe
 from voicefleet.tasks.train.scheduler import train_voices
 from voicefleet.tasks.train.unit import stored_result
 from voicefleet.tasks.train.voice_lock import TrainingLocks, VoiceBusy, VoiceLockLost
-from voicefleet.tasks.voices.base_model import base_spec, pretrained_files
+from voicefleet.tasks.voices.pretrained_layout import base_spec, pretrained_files
 from voicefleet.tasks.voices.base_store import publish_base
 from voicefleet.tasks.voices.errors import RegistryError, UnknownVoice
 from voicefleet.tasks.voices.records import VersionRecord
@@ -248,18 +248,19 @@ def audit_enrollment(store: Store, run_id: str, results: list[SpeakerResult]) ->
 @flow(name="enroll-batch", log_prints=True)
 def enroll_batch(src: str, store: str = DEFAULT_STORE, pretrained: str | None = None, recipe: dict | None = None,
                  num_gpus: float = 0.0, num_cpus: float = 1.0, qc: dict | None = None, gate: dict | None = None,
-                 workers: int | None = None, force: bool = False) -> dict:
+                 workers: int | None = None, force: bool = False, model_version: str | None = None) -> dict:
     """Enroll every speaker folder under `src` into the voice registry of `store`.
 
     `gate`: tasks/evaluate.Gate fields (mode "enforce" | "report" | "off", thresholds); `workers`:
     training actors (default: as many as the cluster fits at `num_cpus` / `num_gpus` each); `force`:
     train uploads again that are already trained into a version (by default they are "unchanged").
+    `model_version`: v2 | v2Pro | v2ProPlus; default: the version `pretrained` holds (v2 for the tiny base).
     """
-    if pretrained:
-        pretrained_files(pretrained)  # every official file by its exact name, before any work starts
+    if pretrained:  # every official file by its exact name, and the folder's version, before any work starts
+        model_version = pretrained_files(pretrained, model_version).version
     dashboard = ensure_ray()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    base = base_spec(pretrained)
+    base = base_spec(pretrained, model_version)
     recipe = Recipe(**(recipe or {})).model_dump()
     resources = Resources(num_cpus=num_cpus, num_gpus=num_gpus)
     speakers = discover(src)

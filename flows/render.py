@@ -43,7 +43,7 @@ from voicefleet.tasks.safety.access import check_principal
 from voicefleet.tasks.safety.principal import Principal
 from voicefleet.tasks.store.ids import safe_id
 from voicefleet.tasks.store.storage import Store
-from voicefleet.tasks.voices.base_model import pretrained_files
+from voicefleet.tasks.voices.pretrained_layout import pretrained_files
 
 from .credential import discard, hand_over, redeem
 from .progress import report
@@ -62,12 +62,12 @@ def default_job_id(script_url: str, principal: str) -> str:
     return "job-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def bert_dir_of(pretrained: str | None) -> str | None:
-    """The Chinese BERT folder of an official pretrained folder (found by its exact name and checked),
-    or None without one."""
+def bert_dir_of(pretrained: str | None, model_version: str | None = None) -> str | None:
+    """The Chinese BERT folder of an official pretrained folder (found by its exact name and checked, the
+    folder read as `model_version`, else as the version it holds), or None without one."""
     if not pretrained:
         return None
-    bert = pretrained_files(pretrained).bert
+    bert = pretrained_files(pretrained, model_version).bert
     return None if bert is None else str(bert)
 
 
@@ -124,7 +124,8 @@ def render_script(script: str, credential: str, store: str = DEFAULT_STORE, job_
                   pretrained: str | None = None, actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
                   batch_size: int = 16, lines_per_shard: int = 256, retry_failed: bool = False,
                   max_chars: int = DEFAULT_MAX_CHARS, voice_cache: int = 4, precision: str | None = None,
-                  qc: dict | None = None, post: dict | None = None, unsafe_single_writer: bool = False) -> dict:
+                  qc: dict | None = None, post: dict | None = None, unsafe_single_writer: bool = False,
+                  model_version: str | None = None) -> dict:
     """Render every line of `script` with its voice, as the principal `credential` proves, into `renders/<job_id>/`.
 
     Every parameter is the caller's to choose: who acts is never one of them. `credential` is a
@@ -135,6 +136,8 @@ def render_script(script: str, credential: str, store: str = DEFAULT_STORE, job_
     `qc` / `post`: QCConfig / PostConfig fields (quality control, loudness, pads, target length).
     `unsafe_single_writer`: accept a store that cannot create only-if-absent (the job lease cannot then
     keep two runs apart; you promise there is one at a time).
+    `model_version`: the version `pretrained` is read as (v2 | v2Pro | v2ProPlus; default: the one it holds).
+    Each voice renders with the model version it was enrolled with (its own files).
     """
     who, plan = redeem(credential, store)
     qc_cfg, post_cfg = QCConfig(**(qc or {})), PostConfig(**(post or {}))
@@ -145,7 +148,7 @@ def render_script(script: str, credential: str, store: str = DEFAULT_STORE, job_
     plan = plan or make_plan(script, store, principal, max_chars)
     s = Store(store)
     try:
-        bert_dir = bert_dir_of(pretrained)  # a folder that is not an official pretrained one stops the run here
+        bert_dir = bert_dir_of(pretrained, model_version)  # not an official pretrained folder: the run stops here
         job_id = safe_id(job_id or default_job_id(script, principal), "job id")
         key = job_key(job_id)
         check_job_owner(s.read_json(key) if s.exists(key) else None, job_id, principal)  # before the lease

@@ -305,3 +305,35 @@ def test_japanese_voice_enrolled_and_rendered(ray_cluster, tmp_path, monkeypatch
     assert (res["status"], res["ok"], res["failed"], res["refused"]) == ("complete", 2, 0, 0), res
     table = assert_render_complete(store, res["job_id"], ["ja-1", "ja-2"])
     assert {r["language"] for r in table.to_pylist()} == {"ja"} and all(r["num_samples"] > 0 for r in table.to_pylist())
+
+
+def test_v2pro_voice_enrolled_and_rendered_with_its_speaker_embedding(ray_cluster, tmp_path):
+    """`--model-version v2Pro` on the tiny base: the voice is fine-tuned as a v2Pro model (each utterance's
+    speaker embedding), its reference clip's embedding is stored with the version, and the render actors
+    use it (a Pro SoVITS without it cannot render: model/sovits.py refuses)."""
+    import numpy as np
+
+    from voicefleet.flows.enroll import enroll_batch
+    from voicefleet.flows.render import render_as
+    from voicefleet.model.checkpoint import load_sovits
+    from voicefleet.tasks.voices.artifacts import load_sv_emb
+
+    src = tmp_path / "enroll-pro"
+    [speaker] = build_demo_enrollment(src, n_speakers=1, clips_per_speaker=6)
+    store = Store(str(tmp_path / "store"))
+    summary = enroll_batch(str(src), store.uri, recipe=Recipe.demo().model_dump(), qc=DEMO_QC, gate=REPORT_GATE,
+                           model_version="v2Pro")
+    [row] = summary["speakers"]
+    assert row["status"] == "accepted", row
+    version = VoiceRegistry(store).version(speaker)
+    assert version.base_model == "tiny-random-v1-v2Pro" and version.evaluation["clips"]
+    assert load_sovits(store.read_bytes(version.files["sovits"])).version == "v2Pro"
+    emb = load_sv_emb(store, version.files)
+    assert emb.shape == (1280,) and np.isfinite(emb).all()
+
+    rows = [{"line_id": "pro-1", "voice_id": speaker, "text": "A voice made from the Pro model.", "language": "en"},
+            {"line_id": "pro-2", "voice_id": speaker, "text": "It keeps its speaker embedding.", "language": "en"}]
+    res = render_as(Principal(OWNER, "local"), write_script(store, "scripts/pro.csv", rows), store.uri, batch_size=2)
+    assert (res["status"], res["ok"], res["failed"], res["refused"]) == ("complete", 2, 0, 0), res
+    table = assert_render_complete(store, res["job_id"], ["pro-1", "pro-2"])
+    assert all(r["num_samples"] > 0 and str(r["voice_version"]) == str(version.version) for r in table.to_pylist())

@@ -13,14 +13,8 @@ from voicefleet.model.checkpoint import sovits_checkpoint
 from voicefleet.model.config import SoVITSConfig
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.tasks.enroll.prepare import feature_models
-from voicefleet.tasks.voices.base_model import (
-    SOVITS_FILE,
-    FeatureBase,
-    PretrainedMismatch,
-    SemanticEncoder,
-    load_base,
-    load_feature_base,
-)
+from voicefleet.tasks.voices.base_model import FeatureBase, SemanticEncoder, load_base, load_feature_base
+from voicefleet.tasks.voices.pretrained_layout import SOVITS_FILE, PretrainedMismatch
 
 
 def tokens(base, wav: torch.Tensor) -> torch.Tensor:

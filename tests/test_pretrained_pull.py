@@ -37,14 +37,14 @@ from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.ssl import SSLExtractor
 from voicefleet.tasks.voices import pretrained_pull as pp
-from voicefleet.tasks.voices.base_model import (
+from voicefleet.tasks.voices.base_model import load_base
+from voicefleet.tasks.voices.pretrained_layout import (
     BERT_DIR,
     DISC_FILE,
     GPT_FILE,
     HF_WEIGHTS,
     HUBERT_DIR,
     SOVITS_FILE,
-    load_base,
     pretrained_files,
 )
 
@@ -247,7 +247,8 @@ def test_a_pull_fetches_the_v2_folder_that_enroll_and_render_then_use_and_a_reru
     assert not base.untrained and base.sovits.has_posterior
     chosen, said = base_choice(None)
     assert chosen == str(folder) and f"{REPO}@{REVISION[:12]}" in said
-    assert base_choice(None, tiny=True)[0] is None and base_choice("/x")[0] == "/x"
+    assert base_choice(None, tiny=True)[0] is None
+    assert base_choice(str(folder)) == (str(folder), f"official v2 weights from --pretrained {folder}")
 
     hub.log.clear()
     again = pp.pull("v2", manifest=pp.load_manifest(manifest))
@@ -338,13 +339,16 @@ def test_files_the_manifest_has_no_sha256_for_need_trust_unverified(hub, served,
 
 
 def test_a_pull_into_a_named_folder_and_of_another_version(hub, served, tmp_path):
-    pro = ["s1v3.ckpt", "v2Pro/s2Gv2Pro.pth"]
-    hub.files = {**served, **{p: f"stand-in {p}".encode() for p in pro}}
-    hub.etag.update({p: sha(hub.files[p]) for p in pro})
+    own = ["s1v3.ckpt", "v2Pro/s2Gv2Pro.pth", "v2Pro/s2Dv2Pro.pth", "sv/pretrained_eres2netv2w24s4ep4.ckpt"]
+    shared = [p for p in served if p.startswith((HUBERT_DIR, BERT_DIR))]
+    pro = own + shared
+    hub.files = {**served, **{p: f"stand-in {p}".encode() for p in own}}
+    hub.etag.update({p: sha(hub.files[p]) for p in own})
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"repo_id": REPO, "revision": REVISION, "versions": {"v2Pro": pro},
                                 "files": {p: {"sha256": sha(hub.files[p])} for p in pro}}))
     r = cli("pretrained", "pull", str(tmp_path / "mine"), "--version", "v2Pro", "--manifest", str(path))
     assert r.exit_code == EXIT_OK, r.output
-    assert (tmp_path / "mine" / "v2Pro" / "s2Gv2Pro.pth").is_file() and "enroll, render and demo load v2" in r.output
+    assert (tmp_path / "mine" / "v2Pro" / "s2Gv2Pro.pth").is_file() and "pass it as --pretrained" in r.output
+    assert pp.find_pulled("v2Pro", tmp_path / "mine").complete  # the layout enroll reads as v2Pro, by name
     assert cli("pretrained", "pull", "--version", "v3").exit_code == 2

@@ -16,7 +16,8 @@ from voicefleet.model.discriminator import MultiPeriodDiscriminator
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.ssl import SSLExtractor
-from voicefleet.tasks.voices.base_model import (
+from voicefleet.tasks.voices.base_model import load_base
+from voicefleet.tasks.voices.pretrained_layout import (
     BERT_DIR,
     DISC_FILE,
     GPT_FILE,
@@ -25,7 +26,6 @@ from voicefleet.tasks.voices.base_model import (
     V2_DIR,
     PretrainedMismatch,
     PretrainedNotFound,
-    load_base,
     pretrained_files,
 )
 
@@ -186,7 +186,7 @@ def test_render_finds_the_chinese_bert_by_its_exact_name_only(folder, tmp_path) 
     import shutil
 
     from voicefleet.flows.render import bert_dir_of
-    from voicefleet.tasks.voices.base_model import BERT_DIR, PretrainedNotFound
+    from voicefleet.tasks.voices.pretrained_layout import BERT_DIR, PretrainedNotFound
 
     assert bert_dir_of(None) is None
     assert bert_dir_of(str(folder)) == str(folder / BERT_DIR)

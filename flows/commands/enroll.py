@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .console import console, progress_bars, quiet_logs
 from .exits import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, CLIError, handled
-from .options import StoreOpt, check_pretrained
+from .options import ModelVersionOpt, StoreOpt, check_pretrained
 from .pretrained import base_choice
 
 
@@ -82,11 +82,12 @@ def print_enroll(summary: dict) -> int:
 
 def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_id>/{audio, transcripts.jsonl, consent.json}"),
            store: str = StoreOpt,
-           pretrained: Optional[str] = typer.Option(None, help="Folder with the official v2 pretrained models "
+           pretrained: Optional[str] = typer.Option(None, help="Folder with the official pretrained models "
                                                     "(default: the one `voicefleet pretrained pull` fetched, if any; "
                                                     "else the tiny random model)."),
            tiny: bool = typer.Option(False, "--tiny", help="Fine-tune from the tiny random model even when pulled "
                                      "weights are there."),
+           model_version: Optional[str] = ModelVersionOpt,
            recipe: str = typer.Option("default", help="'default', 'demo' (short, for the tiny model) or a JSON file."),
            gpus: float = typer.Option(0.0, help="GPUs per voice (fractions pack voices on one GPU)."),
            cpus: float = typer.Option(1.0, help="CPUs per voice."),
@@ -106,7 +107,7 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
     """Check, fine-tune and register one voice per speaker folder."""
     with handled():
         check_src(src)
-        pretrained, base = base_choice(pretrained, tiny)
+        pretrained, base = base_choice(pretrained, tiny, model_version)
         check_pretrained(pretrained)
         rec = recipe_of(recipe)
         qc = {**qc_of(min_speech, asr_model), **({"allow_synthetic": True} if allow_synthetic else {})}
@@ -119,6 +120,6 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
 
         with progress_bars():
             summary = enroll_batch(src, store, pretrained=pretrained, recipe=rec, num_gpus=gpus, num_cpus=cpus, qc=qc,
-                                   gate=gate_cfg, workers=workers, force=force)
+                                   gate=gate_cfg, workers=workers, force=force, model_version=model_version)
         raise typer.Exit(print_enroll(summary))
 

@@ -44,7 +44,7 @@ def exit_code_for(exc: BaseException) -> int:
     from voicefleet.tasks.safety.secret_key import WeakKey
     from voicefleet.tasks.store.ids import InvalidId
     from voicefleet.tasks.store.storage import InvalidKey, UnsafeStore
-    from voicefleet.tasks.voices.base_model import PretrainedNotFound
+    from voicefleet.tasks.voices.pretrained_layout import PretrainedNotFound
     from voicefleet.tasks.voices.errors import ConsentWithdrawn, GateFailed, InvalidGrant, UnknownVersion, UnknownVoice
 
     if isinstance(exc, CLIError):

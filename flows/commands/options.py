@@ -19,6 +19,9 @@ UnsafeSingleWriterOpt = typer.Option(
     False, "--unsafe-single-writer", help="Accept a store that cannot create an object only if absent (not a local "
     "folder or S3): the job lease then cannot keep two runs of a job apart, so promise one at a time.")
 
+ModelVersionOpt = typer.Option(None, "--model-version", help="GPT-SoVITS model version: v2, v2Pro or v2ProPlus "
+                               "(default: the one the pretrained folder holds; v2 for the tiny base).")
+
 
 def store_of(uri: str):
     from voicefleet.tasks.store.storage import Store

@@ -10,6 +10,7 @@ import typer
 
 from .console import console, err
 from .exits import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERNAL, EXIT_PARTIAL, CLIError, handled
+from .options import check_pretrained
 
 app = typer.Typer(help="Official GPT-SoVITS pretrained weights: `pull` fetches them once; enroll, render and demo "
                        "then use them by default.", no_args_is_help=True)
@@ -17,7 +18,8 @@ app = typer.Typer(help="Official GPT-SoVITS pretrained weights: `pull` fetches t
 
 def pull(folder: Optional[str] = typer.Argument(None, metavar="[DIR]", help="Where to put them (default: "
                                                 "$VOICEFLEET_HOME/pretrained/<version>, home ~/.cache/voicefleet)."),
-         version: str = typer.Option("v2", "--version", help="v2 (what enroll/render/demo load), v2Pro or v2ProPlus."),
+         version: str = typer.Option("v2", "--version", help="v2, v2Pro or v2ProPlus (enroll/render/demo load each; "
+                                     "v2 is looked for first)."),
          trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Download files whose sha256 the "
                                                "manifest does not know (checked against the Hub's own sha256 where "
                                                "it states one)."),
@@ -68,11 +70,10 @@ def _print_report(r, default: bool) -> None:
         console.print(f"  resumed from an earlier pull: {', '.join(r.resumed)}", highlight=False)
     for path, sha in sorted(r.unverified.items()):
         console.print(f"  [yellow]unverified[/] {path}: sha256 {sha} (not in the manifest)", highlight=False)
-    if r.version != pp.PIPELINE_VERSION:
-        console.print(f"note: enroll, render and demo load {pp.PIPELINE_VERSION} weights; {r.version} is here for "
-                      "tools that read it.", highlight=False)
-    elif default:
-        console.print("enroll, render and demo use this folder when --pretrained is not given.", highlight=False)
+    if default:
+        how = ("" if r.version == pp.DEFAULT_VERSION
+               else f" with --model-version {r.version} (or when no v2 pull is there)")
+        console.print(f"enroll, render and demo use this folder when --pretrained is not given{how}.", highlight=False)
     else:
         console.print(f"pass it as --pretrained {r.folder} (enroll, render and demo only look in "
                       f"{pp.default_dir(r.version)} by themselves).", highlight=False)
@@ -81,29 +82,40 @@ def _print_report(r, default: bool) -> None:
 app.command("pull")(pull)
 
 
-def base_choice(pretrained: Optional[str], tiny: bool = False) -> tuple[Optional[str], str]:
-    """The pretrained folder a command runs with, and one line saying which base that is.
+def base_choice(pretrained: Optional[str], tiny: bool = False,
+                version: Optional[str] = None) -> tuple[Optional[str], str]:
+    """The pretrained folder a command runs with, and one line saying which base (and model version) that is.
 
-    `--pretrained DIR` wins; `--tiny` asks for the tiny random base; otherwise the folder a finished
-    `voicefleet pretrained pull` left in the default place, if there is one, else the tiny random base.
+    `--pretrained DIR` wins (read as `version`, else as the version it holds); `--tiny` asks for the tiny
+    random base (of `version`); otherwise the folder a finished `voicefleet pretrained pull` left in the
+    default place of `version` (without one: of v2, else v2Pro, else v2ProPlus), else the tiny random base.
     """
     from voicefleet.tasks.voices import pretrained_pull as pp
+    from voicefleet.tasks.voices.pretrained_layout import VERSIONS, pretrained_files
 
+    if version is not None and version not in VERSIONS:
+        raise CLIError(f"--model-version must be one of {', '.join(VERSIONS)}, not {version!r}", EXIT_BAD_INPUT)
     if pretrained and tiny:
         raise CLIError("--tiny and --pretrained ask for different base models; give one", EXIT_BAD_INPUT)
     if pretrained:
-        return pretrained, f"official weights from --pretrained {pretrained}"
+        check_pretrained(pretrained)
+        held = pretrained_files(pretrained, version).version  # exact names; a folder of another version: exit 2
+        return pretrained, f"official {held} weights from --pretrained {pretrained}"
+    tiny_line = f"tiny random-weight {version or 'v2'} model"
     if tiny:
-        return None, "tiny random-weight model (--tiny): the pipeline is real, the audio is not speech"
-    found = pp.find_pulled(pp.PIPELINE_VERSION)
-    if found.complete:
-        stamp = found.stamp or {}
-        rev = str(stamp.get("revision", "?"))[:12]
-        extra = f"; {len(stamp['unverified'])} file(s) unverified" if stamp.get("unverified") else ""
-        return str(found.folder), (f"official {pp.PIPELINE_VERSION} weights pulled from {stamp.get('repo_id', '?')}@"
-                                   f"{rev} in {found.folder}{extra}")
-    if found.problem:
-        err.print(f"[yellow]warning[/]: not using {found.folder}: {found.problem}. Run `voicefleet pretrained pull` "
-                  "to finish it.", highlight=False)
-    return None, (f"tiny random-weight model (no pulled weights in {found.folder}; `voicefleet pretrained pull` "
+        return None, f"{tiny_line} (--tiny): the pipeline is real, the audio is not speech"
+    looked = []
+    for v in [version] if version else VERSIONS:
+        found = pp.find_pulled(v)
+        if found.complete:
+            stamp = found.stamp or {}
+            rev = str(stamp.get("revision", "?"))[:12]
+            extra = f"; {len(stamp['unverified'])} file(s) unverified" if stamp.get("unverified") else ""
+            return str(found.folder), (f"official {v} weights pulled from {stamp.get('repo_id', '?')}@"
+                                       f"{rev} in {found.folder}{extra}")
+        if found.problem:
+            err.print(f"[yellow]warning[/]: not using {found.folder}: {found.problem}. Run `voicefleet pretrained pull"
+                      f"{'' if v == pp.DEFAULT_VERSION else ' --version ' + v}` to finish it.", highlight=False)
+        looked.append(str(found.folder))
+    return None, (f"{tiny_line} (no pulled weights in {' or '.join(looked)}; `voicefleet pretrained pull` "
                   "fetches them): the pipeline is real, the audio is not speech")

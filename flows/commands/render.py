@@ -89,6 +89,10 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
            lines_per_shard: int = typer.Option(256, help="Lines per output shard."),
            pretrained: Optional[str] = typer.Option(None, help="Pretrained folder (for the Chinese BERT model; "
                                                     "default: the one `voicefleet pretrained pull` fetched, if any)."),
+           model_version: Optional[str] = typer.Option(None, "--model-version", help="Version the pretrained folder "
+                                                       "is read as (v2, v2Pro, v2ProPlus; default: the one it holds) "
+                                                       "and whose pulled folder is the default. Each voice renders "
+                                                       "with the version it was enrolled with."),
            retry_failed: bool = typer.Option(False, "--retry-failed", help="Render lines that failed in earlier runs again."),
            max_chars: int = typer.Option(2000, min=1, help="Longest line text accepted (characters); longer lines are refused."),
            voice_cache: int = typer.Option(4, min=1, help="Loaded voices kept per synthesis actor."),
@@ -128,7 +132,7 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
 
         who = resolve_principal(token, principal, local=local, store=store)
         given = pretrained
-        pretrained, base = base_choice(pretrained)
+        pretrained, base = base_choice(pretrained, version=model_version)
         check_pretrained(pretrained)
         if pretrained and not given:
             console.print(f"Chinese BERT features from the {base}", highlight=False)
@@ -142,7 +146,7 @@ def render(script: str = typer.Argument(..., help="Script file or URL (.csv, .js
                                 num_gpus=gpus, num_cpus=cpus, batch_size=batch_size, lines_per_shard=lines_per_shard,
                                 retry_failed=retry_failed, max_chars=max_chars, voice_cache=voice_cache,
                                 precision=None if precision == "auto" else precision,
-                                unsafe_single_writer=unsafe_single_writer, **quality)
+                                unsafe_single_writer=unsafe_single_writer, model_version=model_version, **quality)
         if summary.get("dashboard"):
             console.print(f"Ray dashboard: {summary['dashboard']}")
         raise typer.Exit(print_render(summary))

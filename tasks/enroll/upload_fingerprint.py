@@ -36,15 +36,19 @@ def _tree_digest(root: str, stamp: tuple) -> str:
 
 
 def base_identity(base_spec: str) -> str:
-    """'tiny-random-v1' for the tiny base; for 'pretrained:<dir>' the sha256 of every file under it."""
-    if not base_spec.startswith("pretrained:"):
+    """'tiny-random-v1' for the tiny base ('tiny:v2Pro' ...: the spec itself); for a pretrained folder the
+    sha256 of every file under it, with the model version read from it unless v2."""
+    from voicefleet.tasks.voices.pretrained_layout import parse_spec
+
+    kind, version, root = parse_spec(base_spec)
+    if kind == "tiny":
         from voicefleet.tasks.voices.base_model import TINY
 
         return TINY if base_spec == "tiny" else base_spec
-    root = base_spec.split(":", 1)[1]
     stamp = tuple(sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                          for p in Path(root).rglob("*") if p.is_file()))
-    return f"pretrained:{_tree_digest(root, stamp)}"  # cached per process while files are unchanged
+    digest = _tree_digest(root, stamp)  # cached per process while files are unchanged
+    return f"pretrained:{digest}" if version in (None, "v2") else f"pretrained:{version}:{digest}"
 
 
 def model_identity(base_spec: str, recipe: dict, qc: dict | None) -> str:

@@ -88,7 +88,7 @@ class SynthesizeLines:
 
     def _load(self, voice_id: str, version: str):
         from voicefleet.model.synthesizer import VoicePrompt
-        from voicefleet.tasks.voices.artifacts import load_voice_for_batching
+        from voicefleet.tasks.voices.artifacts import load_sv_emb, load_voice_for_batching
 
         rec = self.records.get(voice_id)
         if rec is None or str(rec.version) != str(version):
@@ -98,9 +98,11 @@ class SynthesizeLines:
         ref = load_audio(self.store.read_bytes(rec.files["ref_wav"]), sovits.cfg.sampling_rate, name="ref.wav")
         if self.settings.qc.mode_for(rec.untrained) != "off":
             self.qc.add_reference((voice_id, version), ref, sovits.cfg.sampling_rate)
+        sv_emb = load_sv_emb(self.store, rec.files)  # v2Pro / v2ProPlus: the embedding enrollment stored
         with self.model_lock:
             return self.synth.load_voice(gpt, sovits, VoicePrompt(ref, rec.ref_text, rec.ref_language,
-                                                                  np.asarray(rec.prompt_tokens)), adapter=adapter)
+                                                                  np.asarray(rec.prompt_tokens), sv_emb=sv_emb),
+                                         adapter=adapter)
 
     def batch_group(self, key: tuple[str, str]) -> tuple:
         """Lines of one group may share a synthesis batch: voices whose GPT rows decode together

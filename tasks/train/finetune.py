@@ -111,7 +111,8 @@ def sovits_batch(rows: list[dict], hop: int) -> SoVITSBatch:
     wav = torch.nn.functional.pad(wav, (0, spec.shape[-1] * hop - wav.shape[-1])) if wav.shape[-1] < spec.shape[-1] * hop else wav
     codes, _ = _pad([torch.tensor(r["semantic"], dtype=torch.long) for r in rows])
     text, text_lens = _pad([torch.tensor(r["phones"], dtype=torch.long) for r in rows])
-    return SoVITSBatch(None, spec, spec_lens, wav, text, text_lens, codes=codes[None])
+    sv = torch.stack([torch.as_tensor(r["sv_emb"]) for r in rows]) if "sv_emb" in rows[0] else None  # v2Pro
+    return SoVITSBatch(None, spec, spec_lens, wav, text, text_lens, codes=codes[None], sv_emb=sv)
 
 
 def _rng_state(rng: random.Random) -> dict:
@@ -136,7 +137,8 @@ def _check_finite(value: float, what: str, epoch: int) -> None:
 def finetune(rows: list[dict], gpt: Text2SemanticDecoder, sovits: SynthesizerTrn, recipe: Recipe,
              device: str = "cpu", discriminator_state: dict | None = None, log=print,
              checkpoint: Checkpointer | None = None, hook: Hook | None = None) -> FineTuneResult:
-    """rows: dataset rows with phones, semantic, audio (32 kHz) and optional per-phone bert.
+    """rows: dataset rows with phones, semantic, audio (32 kHz), optional per-phone bert, and for a v2Pro /
+    v2ProPlus `sovits` each utterance's speaker embedding `sv_emb` (unit.speaker_embeddings).
 
     Trains `gpt` and `sovits` in place (callers pass freshly loaded base models). With
     `checkpoint`, resumes from its saved state and saves one after every epoch. `hook` is called
@@ -154,7 +156,7 @@ def finetune(rows: list[dict], gpt: Text2SemanticDecoder, sovits: SynthesizerTrn
         add_lora(sovits, lora.sovits_targets, lora)
     if recipe.gradient_checkpointing:
         enable_gradient_checkpointing(gpt)
-    disc = MultiPeriodDiscriminator(sovits.cfg.disc_channels_div)
+    disc = MultiPeriodDiscriminator(sovits.cfg.disc_channels_div, periods=sovits.cfg.disc_periods)
     if discriminator_state is not None:
         disc.load_state_dict(discriminator_state)
     s_trainer = SoVITSTrainer(sovits, disc, device, recipe.precision, lr=recipe.sovits_lr)

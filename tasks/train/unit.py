@@ -1,6 +1,7 @@
 """One training unit: fine-tune one voice from the shared base, store its files, evaluate it.
 
-    base (read once per process) -> dataset rows -> finetune (checkpoint every epoch, resume if
+    base (read once per process) -> dataset rows (v2Pro / v2ProPlus: + each utterance's speaker embedding,
+    and the reference clip's, stored with the voice as `sv_emb`) -> finetune (checkpoint every epoch, resume if
     a state exists) -> voice files (full or LoRA) -> evaluation clips + figures + gate verdict
     -> train/result.json (the unit's record; a retried unit, or a later run, that finds it returns it:
        `stored_result`)
@@ -23,6 +24,7 @@ voice that caused it, not in the next one.
 """
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 from functools import lru_cache
@@ -36,7 +38,7 @@ from voicefleet.tasks.enroll.ingest import SR
 from voicefleet.tasks.enroll.prepare import SpeakerResult
 from voicefleet.tasks.measure.audio import encode_flac, load_audio
 from voicefleet.tasks.store.storage import Store
-from voicefleet.tasks.voices.artifacts import artifact_bytes, save_full, save_lora
+from voicefleet.tasks.voices.artifacts import artifact_bytes, save_full, save_lora, save_sv_emb
 from voicefleet.tasks.voices.base_store import BaseRef, cached_base, fresh_models
 
 from .checkpoint import CorruptCheckpoint, StoreCheckpointer
@@ -124,6 +126,9 @@ def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: d
         frontend = _frontend(base.bert_dir)
         rows = dataset_rows(store.read_bytes(f"{prefix}/dataset.parquet"), frontend)
         check_rows(rows, gpt.cfg, sovits.cfg, prepared.prompt_tokens)
+        sv_emb = None  # v2Pro / v2ProPlus: each utterance's embedding into its row; the voice's returned
+        if cached.sv is not None:
+            sv_emb = speaker_embeddings(cached.sv, rows, store.read_bytes(f"{prefix}/ref.wav"), device)
         checkpoint = StoreCheckpointer(store, prefix)
         result = finetune(rows, gpt, sovits, rec, device, cached.discriminator_state, log=lambda *_: None,
                           checkpoint=checkpoint, hook=(lambda event, epoch: hook(voice, event, epoch)) if hook else None)
@@ -132,7 +137,9 @@ def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: d
         else:
             files = {**save_full(store, prefix, result.gpt, result.sovits, info=f"voicefleet {voice}"), **base.files()}
         files.update({"ref_wav": f"{prefix}/ref.wav", "dataset": f"{prefix}/dataset.parquet"})
-        evaluation, clips = _evaluate(store, prefix, prepared, result, rows, frontend, device, gate_cfg)
+        if sv_emb is not None:
+            files.update(save_sv_emb(store, prefix, sv_emb))
+        evaluation, clips = _evaluate(store, prefix, prepared, result, rows, frontend, device, gate_cfg, sv_emb)
         if clips:
             files["eval"] = clips[0]
         metrics = dict(result.metrics, base_model=base.name, untrained_base=base.untrained,
@@ -161,12 +168,25 @@ def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: d
     return out
 
 
+def speaker_embeddings(sv, rows: list[dict], ref_wav: bytes, device: str) -> np.ndarray:
+    """v2Pro / v2ProPlus (`sv`: the base's ERes2NetV2): each utterance's speaker embedding into its row
+    (`sv_emb`, what the reference's fine-tuning conditions each utterance on), and the reference clip's,
+    returned: the voice's embedding, computed once and stored with it."""
+    from voicefleet.model.sv import SpeakerEncoder
+
+    encoder = SpeakerEncoder(sv if device == "cpu" else copy.deepcopy(sv).to(device))
+    for r in rows:
+        r["sv_emb"] = encoder(torch.as_tensor(r["audio"], dtype=torch.float32), SR)[0].cpu()
+    ref = load_audio(ref_wav, SR, name="ref.wav")
+    return encoder(torch.from_numpy(ref), SR)[0].cpu().numpy()
+
+
 def _failed(prepared: SpeakerResult, *reasons: str) -> SpeakerResult:
     return prepared.model_copy(update={"status": "failed", "reasons": list(reasons)})
 
 
 def _evaluate(store: Store, prefix: str, prepared: SpeakerResult, result, rows: list[dict], frontend,
-              device: str, gate: Gate) -> tuple[dict, list[str]]:
+              device: str, gate: Gate, sv_emb: np.ndarray | None = None) -> tuple[dict, list[str]]:
     """Render the fixed sentences, store the clips, measure them; ({figures, gate verdict}, clip keys)."""
     from voicefleet.model.synthesizer import LineRequest, LineSettings, Synthesizer, VoicePrompt
 
@@ -175,7 +195,7 @@ def _evaluate(store: Store, prefix: str, prepared: SpeakerResult, result, rows: 
     ref = load_audio(store.read_bytes(f"{prefix}/ref.wav"), SR, name="ref.wav")
     synth = Synthesizer(frontend, device=device)
     voice = synth.load_voice(result.gpt, result.sovits, VoicePrompt(
-        ref, prepared.ref_text, prepared.ref_language, np.asarray(prepared.prompt_tokens)))
+        ref, prepared.ref_text, prepared.ref_language, np.asarray(prepared.prompt_tokens), sv_emb=sv_emb))
     lang = eval_language(prepared.ref_language or "en")
     texts = EVAL_SENTENCES[lang]
     t0 = time.perf_counter()

@@ -6,7 +6,9 @@ and the shared base they are fine-tuned from.
     revisions.py    a record as a chain of revision files, changed under optimistic concurrency
     errors.py       one exception type per registry failure a caller can act on
     manage.py       grant, revoke, withdraw (owner or admin, audited), rollback, describe
-    base_model.py   the base: official pretrained v2 weights, or the tiny random one
+    pretrained_layout.py  which files make each model version's base (v2, v2Pro, v2ProPlus), which version a
+                    --pretrained folder holds, and the base spec strings workers are given
+    base_model.py   the base: official pretrained weights (checked strictly), or the tiny random one
     pretrained_pull.py  the official weights fetched from the Hugging Face Hub (pinned revision, sha256
                     checked against pretrained_manifest.json), and the default folder they land in
     base_store.py   the base published once to the store and read once per worker process

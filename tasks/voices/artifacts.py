@@ -9,12 +9,17 @@ Two kinds, told apart by the version's `files`:
   applies to (tasks/voices/base_store.py). A render process reads the base once; each voice's SoVITS
   delta is merged into a copy of it, and its GPT factors stay apart (`load_voice_for_batching`), so
   the lines of many LoRA voices decode in one batch, each row with its own adapter.
+
+A v2Pro / v2ProPlus voice also has `sv_emb` (`sv_emb.npy`): the speaker-verification embedding of its
+reference clip, computed once at enrollment (float32, the generator's `sv_dim` wide, ~80 KB). Render actors
+read it with the clip (`load_sv_emb`), so they never load the 53.6 M-parameter sv model.
 """
 from __future__ import annotations
 
 import io
 import json
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -50,9 +55,25 @@ def save_lora(store: Store, prefix: str, deltas: dict, base: BaseRef) -> dict[st
     return {"lora": key, **base.files()}
 
 
+def save_sv_emb(store: Store, prefix: str, emb: np.ndarray) -> dict[str, str]:
+    """The voice's speaker embedding (sv_dim,) as a float32 .npy; {"sv_emb": key}."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(emb, dtype=np.float32).reshape(-1), allow_pickle=False)
+    key = f"{prefix}/sv_emb.npy"
+    store.write_bytes(key, buf.getvalue())
+    return {"sv_emb": key}
+
+
+def load_sv_emb(store: Store, files: dict[str, str]) -> np.ndarray | None:
+    """The voice's stored speaker embedding, or None (a v2 voice has none)."""
+    if "sv_emb" not in files:
+        return None
+    return np.load(io.BytesIO(store.read_bytes(files["sv_emb"])), allow_pickle=False)
+
+
 def artifact_bytes(store: Store, files: dict[str, str]) -> int:
     """Bytes this version adds to the store (its own model files; the shared base not counted)."""
-    return sum(len(store.read_bytes(files[n])) for n in ("gpt", "sovits", "lora") if n in files)
+    return sum(len(store.read_bytes(files[n])) for n in ("gpt", "sovits", "lora", "sv_emb") if n in files)
 
 
 def _lora(store: Store, files: dict[str, str]) -> tuple[LoRAConfig, dict[str, dict[str, torch.Tensor]]]:

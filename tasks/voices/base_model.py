@@ -1,34 +1,29 @@
-"""The base model a voice is fine-tuned from: official pretrained v2 weights, or a tiny random one.
+"""The base model a voice is fine-tuned from: official pretrained weights (v2, v2Pro or v2ProPlus), or a tiny
+random one.
 
-`--pretrained DIR` points at a folder laid out like the reference's `pretrained_models/` (names from
-its config.py, webui.py and configs/tts_infer.yaml):
+`--pretrained DIR` is read by exact names (tasks/voices/pretrained_layout.py says which, per version, and which
+version a folder holds). Each file is checked by its keys before it is used: GPT and SoVITS strictly
+(model/checkpoint.py; the generator must carry every `enc_q` key, since fine-tuning starts from it, and must be
+of the version its name says: a `v2Pro/s2Gv2Pro.pth` holding a v2 or v2ProPlus model is refused), the
+discriminator's `weight` against the discriminator of that version (v2Pro adds periods 17 and 23), the
+speaker-verification model (v2Pro) strictly into the ERes2NetV2 whose embedding the generator's `sv_emb`
+reads, HuBERT with no weight left randomly initialised, BERT's embeddings and every encoder layer. A missing
+file raises `PretrainedNotFound`, a file that is there but wrong `PretrainedMismatch`; both name the file and
+say what was expected.
 
-    DIR/gsv-v2final-pretrained/s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt   GPT
-    DIR/gsv-v2final-pretrained/s2G2333k.pth     SoVITS generator, with its posterior encoder enc_q
-    DIR/gsv-v2final-pretrained/s2D2333k.pth     discriminator ({"weight": state dict})
-    DIR/chinese-hubert-base/                    HuBERT (transformers: config.json + weights)
-    DIR/chinese-roberta-wwm-ext-large/          BERT for Chinese (optional: without it, zero features)
+Without `--pretrained`, `tiny` builds the same architecture at a few hundred thousand parameters from a fixed
+seed (`tiny:v2Pro` / `tiny:v2ProPlus`: the Pro generator and a tiny ERes2NetV2): the pipeline runs end to
+end, and every voice made from it is marked untrained.
 
-Every file is found by exactly that name; nothing else in the folder is guessed at (no "any *.ckpt",
-no "any folder with a config.json"). Each is checked by its keys before it is used: GPT and SoVITS
-strictly (model/checkpoint.py; the generator must carry every `enc_q` key, since fine-tuning
-starts from it), the discriminator's `weight` against the discriminator's own state dict, HuBERT
-with no weight left randomly initialised, BERT's embeddings and every encoder layer. A missing
-file raises `PretrainedNotFound`, a file that is there but wrong `PretrainedMismatch`; both name
-the file and say what was expected.
-
-Without `--pretrained`, `tiny` builds the same architecture at a few hundred thousand parameters
-from a fixed seed: the pipeline runs end to end, and every voice made from it is marked untrained.
-
-`load_base` loads everything a training needs (GPT, SoVITS with enc_q, discriminator, HuBERT, BERT's
-files checked). Enrollment's prepare step needs far less: phones (the text frontend, no BERT: the dataset
-stores no BERT features) and semantic tokens (HuBERT, then the generator's `ssl_proj` + `quantizer`).
-`load_feature_base` loads exactly that: HuBERT and a `SemanticEncoder` of a few million weights read out of
-the generator file; no GPT, no decoder, no discriminator, no BERT (benchmarks/README.md, "Prepare memory").
+`load_base` loads everything a training needs (GPT, SoVITS with enc_q, discriminator, the sv model for v2Pro,
+HuBERT, BERT's files checked). Enrollment's prepare step needs far less: phones (the text frontend, no BERT:
+the dataset stores no BERT features) and semantic tokens (HuBERT, then the generator's `ssl_proj` +
+`quantizer`). `load_feature_base` loads exactly that: HuBERT and a `SemanticEncoder` of a few million weights
+read out of the generator file; no GPT, no decoder, no discriminator, no sv model, no BERT
+(benchmarks/README.md, "Prepare memory").
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -37,36 +32,35 @@ from pathlib import Path
 
 import torch
 
-from voicefleet.model.checkpoint import CheckpointError, gpt_from_checkpoint, safe_torch_load, sovits_from_checkpoint
+from voicefleet.model.checkpoint import (
+    CheckpointError,
+    gpt_from_checkpoint,
+    load_sv,
+    safe_torch_load,
+    sovits_from_checkpoint,
+)
 from voicefleet.model.config import GPTConfig, SoVITSConfig
 from voicefleet.model.discriminator import MultiPeriodDiscriminator
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.quantizer import ResidualVectorQuantizer
 from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.ssl import SSLExtractor
+from voicefleet.model.sv import ERes2NetV2
 from voicefleet.model.text.symbols import SYMBOLS_V2
+
+from .pretrained_layout import (
+    HF_WEIGHTS,
+    PretrainedFiles,
+    PretrainedMismatch,
+    PretrainedNotFound,
+    parse_spec,
+    pretrained_files,
+)
 
 TINY = "tiny-random-v1"
 TINY_SEED = 1234
-
-V2_DIR = "gsv-v2final-pretrained"
-GPT_FILE = f"{V2_DIR}/s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt"
-SOVITS_FILE = f"{V2_DIR}/s2G2333k.pth"
-DISC_FILE = f"{V2_DIR}/s2D2333k.pth"
-HUBERT_DIR = "chinese-hubert-base"
-BERT_DIR = "chinese-roberta-wwm-ext-large"
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a transformers folder's weights, either name
 # HuBERT's learned mask vector is only used to mask frames in pre-training, never for features
 HUBERT_TRAINING_ONLY = {"masked_spec_embed"}
-
-
-class PretrainedNotFound(FileNotFoundError):
-    """The --pretrained folder lacks a file the pipeline needs (the message names each one)."""
-
-
-class PretrainedMismatch(CheckpointError):
-    """A file of the --pretrained folder is there but is not what its name promises (wrong keys,
-    shapes, model type or sizes); the message names the file."""
 
 
 @dataclass
@@ -78,6 +72,11 @@ class BaseModel:
     ssl: SSLExtractor
     bert_dir: str | None = None
     discriminator_state: dict | None = None
+    sv: ERes2NetV2 | None = None  # v2Pro / v2ProPlus: the speaker-verification model whose embedding sv_emb reads
+
+    @property
+    def version(self) -> str:
+        return self.sovits.cfg.version
 
 
 SEMANTIC_KEYS = ("ssl_proj.", "quantizer.")  # the generator's keys that make semantic tokens
@@ -122,88 +121,23 @@ class FeatureBase:
     sovits: SemanticEncoder
 
 
-@dataclass(frozen=True)
-class PretrainedFiles:
-    """Where each official file of a --pretrained folder is (located by name only, nothing read)."""
-
-    root: Path
-    gpt: Path
-    sovits: Path
-    disc: Path
-    hubert: Path
-    bert: Path | None  # optional
-
-
-def base_spec(pretrained: str | None) -> str:
-    """The string a flow passes to workers: 'tiny' or 'pretrained:<dir>'."""
-    return f"pretrained:{Path(pretrained).resolve()}" if pretrained else "tiny"
-
-
-def pretrained_files(root: str | Path) -> PretrainedFiles:
-    """Find every official file of `root` by its exact name; `PretrainedNotFound` lists all that are absent.
-
-    Cheap (no file is read beyond the transformers folders' config.json): the flow calls it before any
-    work starts, `load_base` before it loads.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise PretrainedNotFound(f"pretrained folder {root} does not exist")
-    missing = [f"{rel} ({what})" for rel, what in ((GPT_FILE, "GPT"), (SOVITS_FILE, "SoVITS generator"),
-                                                   (DISC_FILE, "SoVITS discriminator"))
-               if not (root / rel).is_file()]
-    hubert = root / HUBERT_DIR
-    missing += _hf_folder_missing(hubert, "HuBERT")
-    bert = root / BERT_DIR
-    if bert.exists():
-        missing += _hf_folder_missing(bert, "Chinese BERT")
-    if missing:
-        official = {GPT_FILE, SOVITS_FILE, DISC_FILE}
-        near = sorted(rel for p in (root / V2_DIR).glob("*") if p.suffix in (".ckpt", ".pth")
-                      and (rel := p.relative_to(root).as_posix()) not in official) if (root / V2_DIR).is_dir() else []
-        hint = f" ({V2_DIR}/ holds {', '.join(p.split('/')[-1] for p in near)} instead)" if near else ""
-        raise PretrainedNotFound(f"pretrained folder {root} lacks {'; '.join(missing)}{hint}. Lay it out like the "
-                                 "reference's GPT_SoVITS/pretrained_models/ (v2 files, exact names)")
-    _check_model_type(hubert, "hubert")
-    if bert.exists():
-        _check_model_type(bert, "bert")
-    return PretrainedFiles(root, root / GPT_FILE, root / SOVITS_FILE, root / DISC_FILE, hubert,
-                           bert if bert.exists() else None)
-
-
-def _hf_folder_missing(folder: Path, what: str) -> list[str]:
-    name = folder.name
-    if not folder.is_dir():
-        return [f"{name}/ ({what}, a transformers folder)"]
-    out = [] if (folder / "config.json").is_file() else [f"{name}/config.json ({what} config)"]
-    if not any((folder / w).is_file() for w in HF_WEIGHTS):
-        out.append(f"{name}/{' or '.join(HF_WEIGHTS)} ({what} weights)")
-    return out
-
-
-def _check_model_type(folder: Path, expected: str) -> None:
-    path = folder / "config.json"
-    try:
-        model_type = json.loads(path.read_text("utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as e:
-        raise PretrainedMismatch(f"{path} is not a transformers config ({e})") from e
-    if model_type != expected:
-        raise PretrainedMismatch(f"{path} says model_type {model_type!r}; {folder.name}/ must hold a {expected!r} "
-                                 "model")
-
-
 def load_base(spec: str = "tiny") -> BaseModel:
-    if spec == "tiny":
-        return tiny_base()
-    if not spec.startswith("pretrained:"):
-        raise ValueError(f"unknown base model {spec!r}; use 'tiny' or 'pretrained:<dir>'")
-    files = pretrained_files(spec.split(":", 1)[1])
+    kind, version, root = parse_spec(spec)
+    if kind == "tiny":
+        return tiny_base(version)
+    files = pretrained_files(root, version)
     gpt = _load_gpt(files.gpt)
-    sovits = _load_sovits(files.sovits)
+    sovits = _load_sovits(files.sovits, files.version)
     _check_vocabularies(files, gpt, sovits)
     disc = _load_discriminator(files.disc, sovits.cfg)
+    sv = _load_sv(files.sv, sovits.cfg.sv_dim) if files.sv else None
     ssl = _load_hubert(files.hubert, sovits.cfg.ssl_dim)
     bert = _check_bert(files.bert, gpt.cfg.bert_dim) if files.bert else None
-    return BaseModel(f"pretrained:{files.root.name}", False, gpt, sovits, ssl, bert, disc)
+    return BaseModel(_name(files), False, gpt, sovits, ssl, bert, disc, sv)
+
+
+def _name(files: PretrainedFiles) -> str:
+    return f"pretrained:{files.root.name}" + ("" if files.version == "v2" else f":{files.version}")
 
 
 def load_feature_base(spec: str = "tiny") -> FeatureBase:
@@ -213,15 +147,14 @@ def load_feature_base(spec: str = "tiny") -> FeatureBase:
     models, for a pretrained folder the same files). HuBERT is checked as `load_base` checks it; the
     generator's `ssl_proj` / `quantizer` keys load strictly. The rest of the folder is checked where it is
     loaded (`publish_base`, before training)."""
-    if spec == "tiny":
-        base = tiny_base()  # a few hundred thousand weights: built whole, so the seeded draws are the same
-        return FeatureBase(TINY, True, base.ssl, SemanticEncoder.of(base.sovits))
-    if not spec.startswith("pretrained:"):
-        raise ValueError(f"unknown base model {spec!r}; use 'tiny' or 'pretrained:<dir>'")
-    files = pretrained_files(spec.split(":", 1)[1])
+    kind, version, root = parse_spec(spec)
+    if kind == "tiny":
+        base = tiny_base(version)  # a few hundred thousand weights: built whole, so the seeded draws are the same
+        return FeatureBase(base.name, True, base.ssl, SemanticEncoder.of(base.sovits))
+    files = pretrained_files(root, version)
     encoder = _load_semantic_encoder(files.sovits)  # first: the generator file is read and dropped before HuBERT
     ssl = _load_hubert(files.hubert, encoder.cfg.ssl_dim)
-    return FeatureBase(f"pretrained:{files.root.name}", False, ssl, encoder)
+    return FeatureBase(_name(files), False, ssl, encoder)
 
 
 def _load_semantic_encoder(path: Path) -> SemanticEncoder:
@@ -263,7 +196,8 @@ def _load_gpt(path: Path) -> Text2SemanticDecoder:
         raise PretrainedMismatch(f"{path} is not a GPT-SoVITS v2 GPT checkpoint: {type(e).__name__}: {e}") from e
 
 
-def _load_sovits(path: Path) -> SynthesizerTrn:
+def _load_sovits(path: Path, version: str = "v2") -> SynthesizerTrn:
+    """The generator at `path`, which must be a `version` model (by its tag, else its weights and config)."""
     ckpt, tag = _checkpoint(path)
     try:
         weight = ckpt["weight"]
@@ -276,11 +210,15 @@ def _load_sovits(path: Path) -> SynthesizerTrn:
                 f"{path} lacks {len(absent)} of the posterior encoder's {len(posterior)} keys (e.g. {absent[:3]}): "
                 "fine-tuning starts from the pretrained generator's enc_q, so this looks like an exported voice, "
                 "not s2G2333k.pth")
-        return sovits_from_checkpoint(ckpt, tag or "v2", with_posterior=True).model
+        loaded = sovits_from_checkpoint(ckpt, tag, with_posterior=True)
     except PretrainedMismatch:
         raise
     except (CheckpointError, KeyError, TypeError) as e:
         raise PretrainedMismatch(f"{path} is not a GPT-SoVITS v2 SoVITS generator: {type(e).__name__}: {e}") from e
+    if loaded.version != version:
+        raise PretrainedMismatch(f"{path} holds a SoVITS {loaded.version} model; the {version} layout names this file "
+                                 f"for a {version} generator")
+    return loaded.model
 
 
 def _check_vocabularies(files: PretrainedFiles, gpt: Text2SemanticDecoder, sovits: SynthesizerTrn) -> None:
@@ -303,7 +241,7 @@ def _load_discriminator(path: Path, cfg: SoVITSConfig) -> dict:
     if not isinstance(state, dict):
         raise PretrainedMismatch(f"{path}: 'weight' is a {type(state).__name__}, not a state dict")
     with torch.device("meta"):
-        expected = MultiPeriodDiscriminator(cfg.disc_channels_div).state_dict()
+        expected = MultiPeriodDiscriminator(cfg.disc_channels_div, periods=cfg.disc_periods).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
@@ -311,8 +249,28 @@ def _load_discriminator(path: Path, cfg: SoVITSConfig) -> dict:
     if missing or unexpected or shapes:
         parts = [f"{len(x)} {what} (e.g. {x[:3]})" for x, what in ((missing, "missing keys"),
                  (unexpected, "unexpected keys"), (shapes, "shape mismatches")) if x]
-        raise PretrainedMismatch(f"{path} does not match the SoVITS discriminator: {'; '.join(parts)}")
+        raise PretrainedMismatch(f"{path} does not match the SoVITS {cfg.version} discriminator (periods "
+                                 f"{cfg.disc_periods}): {'; '.join(parts)}")
     return state
+
+
+def sv_net_for(sv_dim: int) -> ERes2NetV2:
+    """The ERes2NetV2 whose embedding is `sv_dim` wide: the official one (20480), or the tiny config's (1280)."""
+    for make in (ERes2NetV2, ERes2NetV2.tiny):
+        with torch.device("meta"):
+            width = make().embedding_dim
+        if width == sv_dim:
+            return make()
+    raise PretrainedMismatch(f"no speaker-verification model gives the {sv_dim}-wide embedding the generator's "
+                             "sv_emb reads (ERes2NetV2 w24s4ep4: 20480)")
+
+
+def _load_sv(path: Path, sv_dim: int) -> ERes2NetV2:
+    try:
+        return load_sv(path.read_bytes(), sv_net_for(sv_dim))
+    except CheckpointError as e:
+        raise PretrainedMismatch(f"{path} is not the speaker-verification model the generator reads "
+                                 f"(ERes2NetV2, {sv_dim}-wide embedding): {e}") from e
 
 
 def _load_hubert(folder: Path, ssl_dim: int) -> SSLExtractor:
@@ -388,11 +346,13 @@ def _tensor_shapes(path: Path) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
 
-def tiny_base() -> BaseModel:
-    """Deterministic tiny models: the same weights in every process for the same torch version."""
+def tiny_base(version: str = "v2") -> BaseModel:
+    """Deterministic tiny models: the same weights in every process for the same torch version. v2Pro /
+    v2ProPlus add the Pro generator and a tiny ERes2NetV2 (drawn after the GPT, so the GPT is v2's)."""
     with torch.random.fork_rng():
         torch.manual_seed(TINY_SEED)
         gpt = Text2SemanticDecoder(GPTConfig.tiny())
-        sovits = SynthesizerTrn(dataclasses.replace(SoVITSConfig.tiny()))
+        sovits = SynthesizerTrn(SoVITSConfig.tiny(version))
+        sv = sv_net_for(sovits.cfg.sv_dim).eval() if sovits.cfg.is_pro else None
     ssl = SSLExtractor.tiny(dim=sovits.cfg.ssl_dim, seed=TINY_SEED)
-    return BaseModel(TINY, True, gpt.eval(), sovits.eval(), ssl)
+    return BaseModel(TINY if version == "v2" else f"{TINY}-{version}", True, gpt.eval(), sovits.eval(), ssl, sv=sv)

@@ -6,6 +6,7 @@ content; a rerun finds it there):
     bases/<name>-<sha12>/gpt.ckpt      GPT, official layout, float32
     bases/<name>-<sha12>/sovits.pth    SoVITS generator with its posterior encoder, float32
     bases/<name>-<sha12>/disc.pt       discriminator weights, when the base has them
+    bases/<name>-<sha12>/sv.ckpt       v2Pro / v2ProPlus: the speaker-verification model (official layout)
     bases/<name>-<sha12>/base.json     {"name", "untrained", "prefix"}
 
 Training units and render actors call `cached_base(store, prefix)`, which reads those files the
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel as Record
 
-from voicefleet.model.checkpoint import load_gpt, load_sovits, save_gpt, save_sovits
+from voicefleet.model.checkpoint import load_gpt, load_sovits, load_sv, save_gpt, save_sovits, save_sv
 from voicefleet.model.gpt import Text2SemanticDecoder
 from voicefleet.model.lora import clone
 from voicefleet.model.sovits import SynthesizerTrn
+from voicefleet.model.sv import ERes2NetV2
 from voicefleet.tasks.store.storage import Store
 
-from .base_model import load_base
+from .base_model import load_base, sv_net_for
 
 BASES_PREFIX = "bases"
 
@@ -49,6 +51,7 @@ class CachedBase:
     gpt: Text2SemanticDecoder
     sovits: SynthesizerTrn  # with enc_q
     discriminator_state: dict | None
+    sv: ERes2NetV2 | None = None  # v2Pro / v2ProPlus: makes the speaker embeddings sv_emb reads
 
 
 _CACHE: dict[tuple[str, str], CachedBase] = {}
@@ -58,13 +61,15 @@ _READS = [0]  # base models this process has read from a store
 def publish_base(store: Store, spec: str) -> BaseRef:
     """Write the base named by `spec` ('tiny' or 'pretrained:<dir>') to the store unless it is there."""
     base = load_base(spec)
-    gpt, sovits, disc = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    gpt, sovits, disc, sv = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
     save_gpt(base.gpt, gpt, info=base.name, dtype=None)
     save_sovits(base.sovits, sovits, info=base.name, dtype=None, with_posterior=True)
     if base.discriminator_state is not None:
         torch.save(base.discriminator_state, disc)
+    if base.sv is not None:
+        save_sv(base.sv, sv)
     # the discriminator is part of the content: a base published without one is never taken for one with it
-    digest = hashlib.sha256(gpt.getvalue() + sovits.getvalue() + disc.getvalue()).hexdigest()[:12]
+    digest = hashlib.sha256(gpt.getvalue() + sovits.getvalue() + disc.getvalue() + sv.getvalue()).hexdigest()[:12]
     prefix = f"{BASES_PREFIX}/{re.sub(r'[^A-Za-z0-9_-]+', '-', base.name).strip('-')}-{digest}"
     ref = BaseRef(name=base.name, untrained=base.untrained, prefix=prefix, bert_dir=base.bert_dir)
     if not store.exists(f"{prefix}/base.json"):
@@ -72,6 +77,8 @@ def publish_base(store: Store, spec: str) -> BaseRef:
         store.write_bytes(f"{prefix}/sovits.pth", sovits.getvalue())
         if base.discriminator_state is not None:
             store.write_bytes(f"{prefix}/disc.pt", disc.getvalue())
+        if base.sv is not None:
+            store.write_bytes(f"{prefix}/sv.ckpt", sv.getvalue())
         store.write_bytes(f"{prefix}/base.json", ref.model_dump_json().encode())  # last: marks it complete
     return ref
 
@@ -86,7 +93,10 @@ def cached_base(store: Store, prefix: str) -> CachedBase:
         disc = None
         if store.exists(f"{prefix}/disc.pt"):
             disc = torch.load(io.BytesIO(store.read_bytes(f"{prefix}/disc.pt")), map_location="cpu", weights_only=True)
-        _CACHE[key] = CachedBase(ref, gpt.eval(), sovits.eval(), disc)
+        sv = None
+        if sovits.cfg.is_pro:  # a Pro base without its sv model cannot make the embeddings: an error here
+            sv = load_sv(store.read_bytes(f"{prefix}/sv.ckpt"), sv_net_for(sovits.cfg.sv_dim))
+        _CACHE[key] = CachedBase(ref, gpt.eval(), sovits.eval(), disc, sv)
         _READS[0] += 1
     return _CACHE[key]
 

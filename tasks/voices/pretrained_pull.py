@@ -2,7 +2,7 @@
 at a pinned revision, each checked against the sha256 in `pretrained_manifest.json` (in this package).
 
     pull("v2")          -> $VOICEFLEET_HOME/pretrained/v2  (default home: $XDG_CACHE_HOME/voicefleet,
-                           else ~/.cache/voicefleet), laid out as base_model.py reads it
+                           else ~/.cache/voicefleet), laid out as pretrained_layout.py reads it
     find_pulled("v2")   -> that folder, once a pull has finished there (enroll/render/demo's default)
 
 For each file of the version:
@@ -40,7 +40,7 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).with_name("pretrained_manifest.json")
 VERSIONS = ("v2", "v2Pro", "v2ProPlus")
-PIPELINE_VERSION = "v2"  # what enroll/render/demo load (base_model.py reads the v2 layout)
+DEFAULT_VERSION = "v2"  # pulled, and looked for first by enroll/render/demo, when no version is named
 STATE_DIR = ".voicefleet"
 STAMP = f"{STATE_DIR}/pulled.json"
 LOCK = f"{STATE_DIR}/pull.lock"
@@ -154,7 +154,7 @@ def home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "voicefleet"
 
 
-def default_dir(version: str = PIPELINE_VERSION) -> Path:
+def default_dir(version: str = DEFAULT_VERSION) -> Path:
     return home() / "pretrained" / version
 
 
@@ -174,9 +174,9 @@ def read_stamp(folder: Path) -> dict | None:
     return stamp if isinstance(stamp, dict) else None
 
 
-def find_pulled(version: str = PIPELINE_VERSION, folder: str | Path | None = None) -> Pulled:
+def find_pulled(version: str = DEFAULT_VERSION, folder: str | Path | None = None) -> Pulled:
     """The default folder (or `folder`) of `version`, and whether a finished pull is there. Cheap: no
-    hashing (the pull checked every byte), only the stamp and, for v2, base_model's by-name check."""
+    hashing (the pull checked every byte), only the stamp and pretrained_layout's by-name check."""
     root = Path(folder) if folder else default_dir(version)
     if not root.is_dir():
         return Pulled(root, False)
@@ -186,17 +186,16 @@ def find_pulled(version: str = PIPELINE_VERSION, folder: str | Path | None = Non
     missing = [p for p in stamp.get("files", {}) if not (root / p).is_file()]
     if missing:
         return Pulled(root, False, f"files have gone: {', '.join(missing)}", stamp)
-    if version == PIPELINE_VERSION:
-        from .base_model import PretrainedMismatch, PretrainedNotFound, pretrained_files
+    from .pretrained_layout import PretrainedMismatch, PretrainedNotFound, pretrained_files
 
-        try:
-            pretrained_files(root)
-        except (PretrainedNotFound, PretrainedMismatch) as e:
-            return Pulled(root, False, str(e), stamp)
+    try:
+        pretrained_files(root, version)
+    except (PretrainedNotFound, PretrainedMismatch) as e:
+        return Pulled(root, False, str(e), stamp)
     return Pulled(root, True, None, stamp)
 
 
-def pull(version: str = PIPELINE_VERSION, folder: str | Path | None = None, *, manifest: Manifest | None = None,
+def pull(version: str = DEFAULT_VERSION, folder: str | Path | None = None, *, manifest: Manifest | None = None,
          trust_unverified: bool = False, endpoint: str | None = None, token: str | bool | None = None,
          say: Callable[[str], None] | None = None) -> PullReport:
     """Bring `folder` (default: `default_dir(version)`) to exactly the manifest's files of `version`."""
@@ -241,10 +240,9 @@ def pull(version: str = PIPELINE_VERSION, folder: str | Path | None = None, *, m
                     report.resumed.append(e.path)
                 if e.sha256 is None:
                     report.unverified[e.path] = sha
-        if version == PIPELINE_VERSION:
-            from .base_model import pretrained_files
+        from .pretrained_layout import pretrained_files
 
-            pretrained_files(root)  # the layout enroll/render load, by exact names
+        pretrained_files(root, version)  # the layout enroll/render load, by exact names
         files = {e.path: e.sha256 or report.unverified[e.path] for e in entries}
         _write_json(root / STAMP, {"repo_id": man.repo_id, "revision": man.revision, "version": version,
                                    "files": files, "unverified": sorted(report.unverified),
