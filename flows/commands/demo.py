@@ -10,7 +10,7 @@ from rich.table import Table
 from .console import console, progress_bars, quiet_logs
 from .enroll import print_enroll
 from .exits import EXIT_INTERNAL, EXIT_OK, CLIError, handled
-from .options import StoreOpt, check_pretrained, store_of
+from .options import ModelVersionOpt, StoreOpt, check_pretrained, store_of
 from .pretrained import base_choice
 from .render import print_render
 
@@ -23,11 +23,12 @@ def demo(store: str = StoreOpt,
                                                   "`voicefleet pretrained pull` fetched, if any; else the tiny "
                                                   "random model)."),
          tiny: bool = typer.Option(False, "--tiny", help="Use the tiny random model even when pulled weights are "
-                                   "there (fast; the audio is not speech).")):
+                                   "there (fast; the audio is not speech)."),
+         model_version: Optional[str] = ModelVersionOpt):
     """Build a demo enrollment set, enroll it, render a script, and print where everything is."""
     with handled():
         t0 = time.perf_counter()
-        pretrained, base = base_choice(pretrained, tiny)
+        pretrained, base = base_choice(pretrained, tiny, model_version)
         check_pretrained(pretrained)
         quiet_logs()
         from voicefleet.flows.demo import run
@@ -41,13 +42,13 @@ def demo(store: str = StoreOpt,
         console.print(f"quality gate: {run.gate_mode(pretrained)}" + ("" if pretrained else
                       " (report only: voices from the untrained tiny base cannot pass it; their figures are recorded)"))
         with progress_bars():
-            summary = run.enroll(store, pretrained)
+            summary = run.enroll(store, pretrained, model_version)
         enroll_code = print_enroll(summary)
         voices = run.enrolled_voices(summary)
         if not voices:
             raise CLIError("no demo voice was enrolled; see the table above", EXIT_INTERNAL)
         with progress_bars():
-            rsum = run.render(store, voices, lines, pretrained)
+            rsum = run.render(store, voices, lines, pretrained, model_version)
         code = print_render(rsum)
         wall = time.perf_counter() - t0
         t = Table(title="demo summary", show_header=False)

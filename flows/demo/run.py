@@ -43,7 +43,7 @@ def gate_mode(pretrained: str | None) -> str:
     return "enforce" if pretrained else "report"
 
 
-def enroll(store: str, pretrained: str | None) -> dict:
+def enroll(store: str, pretrained: str | None, model_version: str | None = None) -> dict:
     """Enroll the uploaded set: the short demo recipe on the tiny base, the demo's lower speech minimum
     (its six short takes per voice hold ~17 s of speech), the gate in `gate_mode`."""
     from voicefleet.flows.enroll import enroll_batch
@@ -51,7 +51,7 @@ def enroll(store: str, pretrained: str | None) -> dict:
     recipe = (Recipe.demo() if not pretrained else Recipe()).model_dump()
     gate = Gate(mode=gate_mode(pretrained), min_similarity=0.75, max_wer=0.35).model_dump()
     return enroll_batch(Store(store).url(ENROLL_KEY), store, pretrained=pretrained, recipe=recipe,
-                        qc=QCConfig.demo().model_dump(exclude_defaults=True), gate=gate)
+                        qc=QCConfig.demo().model_dump(exclude_defaults=True), gate=gate, model_version=model_version)
 
 
 def enrolled_voices(summary: dict) -> list[str]:
@@ -59,7 +59,7 @@ def enrolled_voices(summary: dict) -> list[str]:
     return [r["speaker"] for r in summary["speakers"] if r["status"] in ("accepted", "unchanged")]
 
 
-def render(store: str, voices: list[str], lines: int, pretrained: str | None) -> dict:
+def render(store: str, voices: list[str], lines: int, pretrained: str | None, model_version: str | None = None) -> dict:
     """Write a `lines`-line script for `voices` to `demo/script.csv` and render it as the demo owner."""
     from voicefleet.flows.render import render_as
     from voicefleet.tasks.safety.principal import Principal
@@ -72,4 +72,5 @@ def render(store: str, voices: list[str], lines: int, pretrained: str | None) ->
     s = Store(store)
     s.write_text(SCRIPT_KEY, buf.getvalue())
     # the demo names no one from outside: it renders the voices it just enrolled, as their owner
-    return render_as(Principal(OWNER, "demo"), s.url(SCRIPT_KEY), store, pretrained=pretrained)
+    return render_as(Principal(OWNER, "demo"), s.url(SCRIPT_KEY), store, pretrained=pretrained,
+                     model_version=model_version)

@@ -171,7 +171,8 @@ def train_unit(store_uri: str, prepared: SpeakerResult, base: BaseRef, recipe: d
 def speaker_embeddings(sv, rows: list[dict], ref_wav: bytes, device: str) -> np.ndarray:
     """v2Pro / v2ProPlus (`sv`: the base's ERes2NetV2): each utterance's speaker embedding into its row
     (`sv_emb`, what the reference's fine-tuning conditions each utterance on), and the reference clip's,
-    returned: the voice's embedding, computed once and stored with it."""
+    returned: the voice's embedding, computed once and stored with it. On one CPU thread ~2.4 s per 5 s
+    utterance, 2.4-3.2x its HuBERT features (benchmarks/sv_embedding_cost.py)."""
     from voicefleet.model.sv import SpeakerEncoder
 
     encoder = SpeakerEncoder(sv if device == "cpu" else copy.deepcopy(sv).to(device))
