@@ -20,7 +20,7 @@ from voicefleet.model.sovits import SynthesizerTrn
 from voicefleet.model.ssl import SSLExtractor
 from voicefleet.model.sv import ERes2NetV2
 from voicefleet.tasks.enroll.upload_fingerprint import base_identity
-from voicefleet.tasks.voices.base_model import load_base, tiny_base
+from voicefleet.tasks.voices.base_model import load_base, load_feature_base, tiny_base
 from voicefleet.tasks.voices.pretrained_layout import (
     HUBERT_DIR,
     LAYOUTS,
@@ -85,6 +85,10 @@ def test_a_folder_with_v2pro_files_is_read_as_v2pro_with_every_part_checked(pro)
     sv = torch.load(pro / "sv/pretrained_eres2netv2w24s4ep4.ckpt", weights_only=True)
     assert all(torch.equal(base.sv.state_dict()[k], v) for k, v in sv.items())  # the file's weights, not random
     assert load_base(base_spec(str(pro), "v2Pro")).version == "v2Pro"
+    features = load_feature_base(f"pretrained:{pro}")  # enrollment's prepare step: the Pro generator's tokens
+    wav = torch.randn(1, 16000)
+    assert features.name == base.name
+    assert torch.equal(features.sovits.extract_latent(features.ssl(wav)), base.sovits.extract_latent(base.ssl(wav)))
 
 
 def test_a_model_version_the_folder_does_not_hold_is_a_clear_error(pro, tmp_path):
