@@ -108,6 +108,15 @@ def test_a_model_version_the_folder_does_not_hold_is_a_clear_error(pro, tmp_path
     assert r.exit_code == 2 and "--model-version must be one of v2, v2Pro, v2ProPlus" in r.output, r.output
 
 
+def test_enrollment_stops_before_any_work_when_the_folder_is_not_of_the_version_asked(pro, tmp_path, monkeypatch):
+    import voicefleet.flows.enroll as flow
+
+    monkeypatch.setattr(flow, "ensure_ray", lambda: pytest.fail("Ray started before the folder was checked"))
+    with pytest.raises(PretrainedMismatch, match=r"--model-version v2ProPlus needs v2Pro/s2Gv2ProPlus\.pth"):
+        flow.enroll_batch.fn(str(tmp_path / "src"), str(tmp_path / "store"), pretrained=str(pro),
+                             model_version="v2ProPlus")
+
+
 def test_a_folder_with_several_versions_must_be_told_which(folder):
     write_pro(folder, "v2ProPlus", seed=1)
     (folder / LAYOUTS["v2ProPlus"].disc).unlink()
