@@ -18,7 +18,7 @@ from voicefleet.tasks.safety.principal import InvalidToken, Principal, mint_toke
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "JNnUXG7j+iIkiq3nKgQ9Iqueky/2dPQPtd6rWeyLakw="
 OWNER = "user:ada@example.com"
-SETTINGS = {"pretrained", "num_gpus", "num_cpus", "qc"}
+SETTINGS = {"pretrained", "model_version", "num_gpus", "num_cpus", "qc"}
 PARAMETERS = {  # deployment -> every parameter its flow takes
     "render-script": {"script", "credential", "store", "job_id", *SETTINGS, "actors", "batch_size", "lines_per_shard",
                       "retry_failed", "max_chars", "voice_cache", "precision", "post", "unsafe_single_writer"},
