@@ -51,7 +51,8 @@ def stages(root: Path, n: int, audio_min: float) -> None:
     from voicefleet.tasks.enroll.ingest import ingest_speaker
     from voicefleet.tasks.enroll.prepare import make_frontend
     from voicefleet.tasks.enroll.slicing import slice_points
-    from voicefleet.tasks.enroll.speech_checks import QCConfig, count_speakers, measure_file
+    from voicefleet.tasks.enroll.one_speaker import count_speakers, file_speech
+    from voicefleet.tasks.enroll.speech_checks import QCConfig, measure_file
     from voicefleet.tasks.enroll.transcribe import Transcriber
     from voicefleet.tasks.enroll.vad import VAD_RATE, detect
     from voicefleet.tasks.measure.audio import resample
@@ -76,7 +77,7 @@ def stages(root: Path, n: int, audio_min: float) -> None:
             probs, segs, mask = detect(x16)
             t2 = time.perf_counter()
             measure_file(key, x16, dec.sample_rate, dec.audio, mask, qc)
-            pieces += [(key, x16[s:e]) for s, e in segs if e - s >= qc.speaker_piece_s * VAD_RATE]
+            pieces.append((key, file_speech(x16, segs)))
             t3 = time.perf_counter()
             slices += [x16[s:e] for s, e in slice_points(segs, probs, len(x16))]
             t["decode"] += t1 - t0

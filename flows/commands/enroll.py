@@ -100,7 +100,7 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            workers: Optional[int] = typer.Option(None, min=1, help="Training actors (default: as many as the cluster fits)."),
            lora_rank: Optional[int] = typer.Option(None, min=0, help="Train a LoRA delta of this rank over the shared base (0: full fine-tune; default: the recipe's)."),
            gate: str = typer.Option("enforce", help="Quality gate: 'enforce' (a version below it is registered, not current), 'report' (record the verdict only) or 'off'."),
-           min_similarity: float = typer.Option(0.75, help="Gate: least mean speaker similarity of the evaluation sentences."),
+           min_similarity: float = typer.Option(0.80, help="Gate: least mean speaker similarity of the evaluation sentences (measured: tasks/train/evaluate.py)."),
            max_wer: float = typer.Option(0.35, help="Gate: highest mean word error rate (English)."),
            force: bool = typer.Option(False, "--force", help="Train again uploads already trained into a version "
                                                             "(current or not); by default they are skipped.")):

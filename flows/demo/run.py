@@ -49,7 +49,7 @@ def enroll(store: str, pretrained: str | None, model_version: str | None = None)
     from voicefleet.flows.enroll import enroll_batch
 
     recipe = (Recipe.demo() if not pretrained else Recipe()).model_dump()
-    gate = Gate(mode=gate_mode(pretrained), min_similarity=0.75, max_wer=0.35).model_dump()
+    gate = Gate(mode=gate_mode(pretrained), max_wer=0.35).model_dump()
     return enroll_batch(Store(store).url(ENROLL_KEY), store, pretrained=pretrained, recipe=recipe,
                         qc=QCConfig.demo().model_dump(exclude_defaults=True), gate=gate, model_version=model_version)
 

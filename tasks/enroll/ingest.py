@@ -39,8 +39,9 @@ from voicefleet.tasks.store.storage import Store
 
 from .align import AlignmentError, align_transcript
 from .decode import decode_upload
+from .one_speaker import count_speakers, file_speech, speaker_problem
 from .slicing import slice_points
-from .speech_checks import FileMeasures, QCConfig, count_speakers, measure_file, speaker_problem
+from .speech_checks import FileMeasures, QCConfig, measure_file
 from .transcribe import TRANSCRIPTS_FILE, NoTranscript, Transcriber, parse_transcripts, speaker_language
 from .vad import VAD_RATE, detect
 from .voice_ids import voice_id_for
@@ -182,8 +183,7 @@ def _analyse_file(name: str, data: bytes, qc: QCConfig) -> tuple[FileMeasures, l
     slices = [_Slice(name, _label(name, s, e, whole), x16[s:e], x32[s * k:e * k], float(mask[s:e].sum()) / VAD_RATE, whole,
                      (s, e), x16, x32)
               for s, e in ranges]
-    pieces = [(name, x16[s:e]) for s, e in segments if e - s >= qc.speaker_piece_s * VAD_RATE]
-    return measures, slices, pieces
+    return measures, slices, [(name, file_speech(x16, segments))]
 
 
 def _given_texts(slices: list[_Slice], given: dict, default_language: str, transcriber: Transcriber,
@@ -273,14 +273,16 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
         slices += file_slices
         pieces += file_pieces
 
-    def reject(extra: list[str]):
-        raise RejectedSpeaker(voice_id, problems + extra, measures)
+    def reject(extra: list[str], after_files: bool = False):
+        """The deciding reason first (two voices, consent, synthetic audio), then what was left out along
+        the way; a shortfall of speech (`after_files`) comes after the file problems that caused it."""
+        raise RejectedSpeaker(voice_id, problems + extra if after_files else extra + problems, measures)
 
     if not measures:
-        reject([f"no decodable audio among {len(files)} file(s)"])
+        reject([f"no decodable audio among {len(files)} file(s)"], after_files=True)
     speech = sum(s.speech_s for s in slices)
     if speech < qc.min_speech_s:
-        reject([f"only {speech:.1f} s of clean speech (< {qc.min_speech_s:g} s)"])
+        reject([f"only {speech:.1f} s of clean speech (< {qc.min_speech_s:g} s)"], after_files=True)
     count = count_speakers(pieces, qc)
     bad_speakers = speaker_problem(count, qc)
     if bad_speakers:
@@ -303,7 +305,7 @@ def ingest_speaker(src: Store, speaker: str, qc: QCConfig | None = None, voice_i
             problems.append(str(e))
             speech = max(0.0, speech - s.speech_s)
     if speech < qc.min_speech_s:
-        reject([f"only {speech:.1f} s of clean speech with a transcript (< {qc.min_speech_s:g} s)"])
+        reject([f"only {speech:.1f} s of clean speech with a transcript (< {qc.min_speech_s:g} s)"], after_files=True)
     if speech < qc.recommended_speech_s:
         problems.append(f"{speech:.1f} s of clean speech is below the recommended {qc.recommended_speech_s:g} s")
     # voice safety: no rendered (watermarked) audio; the consent clip is this speaker saying the phrase
