@@ -138,6 +138,41 @@ def one_speaker(vox: dict[str, np.ndarray], call: np.ndarray | None, windows: li
               f"under two voices {min(real_two) - threshold:+.3f}; midpoint of the gap {(max(one) + min(real_two)) / 2:.3f}")
 
 
+def upload_scale(cache: Path) -> None:
+    """Uploads of 30 takes (one sentence each, ~80-100 s of speech): one voice, and 3-15 takes by another."""
+    from voicefleet.flows.demo.voices import DEMO_VOICES, load_engine
+
+    if not shutil.which("flite"):
+        print("\n-- uploads of 30 takes: skipped (flite not on PATH)")
+        return
+    piper = load_engine("piper")
+    joe = next(d for d in DEMO_VOICES if d.key == "joe")
+    takes = {}
+    for v in ("slt", "rms", "awb", "kal16", "joe"):
+        takes[v] = []
+        for i, text in enumerate(EN_ENROLL):
+            f = cache / f"take-{v}-{i}.npy"
+            if not f.exists():
+                if v == "joe":
+                    x = resample(piper.speak(joe, text, None, "en", 1.0), piper.sample_rate, SR)
+                else:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        path = Path(tmp) / "x.wav"
+                        subprocess.run(["flite", "-voice", v, "-t", text, "-o", str(path)], check=True)
+                        x = load_audio(path.read_bytes(), SR, name="x.wav")
+                np.save(f, x)
+            takes[v].append((f"{v}-{i}.wav", speech(np.load(f))))
+    qc = QCConfig()
+    print(f"\n-- uploads of {len(EN_ENROLL)} takes (default settings)")
+    cases = {f"{v} alone": t for v, t in takes.items()}
+    for a, b, k in (("slt", "joe", 6), ("rms", "awb", 6), ("rms", "awb", 15), ("kal16", "joe", 6), ("slt", "rms", 3)):
+        cases[f"{a} x{len(EN_ENROLL) - k} + {b} x{k}"] = takes[a][:len(EN_ENROLL) - k] + takes[b][:k]
+    for name, t in cases.items():
+        c = count_speakers(t, qc)
+        print(f"  {name:18s} {sum(len(x) for _, x in t) / SR:5.1f} s, windows {c.windows}: separation "
+              f"{c.separation:.3f}, minor {c.other_fraction:.2f} -> {c.clusters} speaker(s), files named {len(c.files)}")
+
+
 def check_cost(vox: dict[str, np.ndarray], seconds: float = 60.0, repeats: int = 3) -> None:
     """Wall time of `count_speakers` on `seconds` of one voice's speech, against embedding the same speech once
     as whole <= 10 s pieces (about what the clustering of VAD segments it replaces embedded)."""
@@ -260,6 +295,7 @@ def main() -> None:
     if args.only in (None, "speaker"):
         one_speaker(vox, call, [tuple(map(float, w.split("/"))) for w in args.windows.split(",")],
                     QCConfig().two_speaker_separation)
+        upload_scale(cache)
         check_cost(vox)
     if args.only in (None, "gate"):
         gate_similarity(vox)

@@ -69,7 +69,10 @@ class QCConfig(BaseModel):
     # women 0.071, the whole call 0.076, flite rms/awb 0.075, ARCTIC man + a woman 0.222); the
     # threshold is the gap's midpoint: margins 0.017 / 0.018. 2 s windows do not separate (one voice up
     # to 0.096, the call 0.068), 2.5 s barely (0.053 / 0.078). Kokoro's styles of one model are not told
-    # apart (gongitsune+nezumi 0.031, nezumi+tebukuro 0.040; alpha+tebukuro 0.080 is).
+    # apart (gongitsune+nezumi 0.031, nezumi+tebukuro 0.040; alpha+tebukuro 0.080 is). Uploads of 30
+    # one-sentence takes (80-98 s, flite and piper voices): one voice 0.015-0.019; 6 or 15 of the 30 takes
+    # by another voice 0.195-0.385. 3 of 30 (minor share 0.09, separation 0.329) stays under
+    # `max_other_speaker_fraction`: that tolerance is a choice, not a measurement.
     two_speaker_separation: float = 0.053
     max_other_speaker_fraction: float = 0.15  # a second group of at most this share of windows is tolerated
     speaker_window_s: float = 3.0
