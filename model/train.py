@@ -4,7 +4,8 @@ These are the units a fine-tune recipe calls in its loop; they own the optimiser
 rate schedules and mixed precision (fp16 with a grad scaler, or bf16, on CUDA; fp32 on CPU) and
 return plain floats. Hyperparameters follow the reference s2.json (AdamW lr 1e-4, betas
 (0.8, 0.99), mel x45, KL x1, text-side modules at 0.4x lr, lr x0.999875 per epoch); the GPT uses
-AdamW with a linear warm-up instead of the reference's ScaledAdam.
+AdamW with per-tensor RMS-scaled rates, a linear warm-up and a cosine decay (model/lr_schedule.py)
+in place of the reference's ScaledAdam.
 
 Only parameters with `requires_grad` are optimised, so a model with frozen base weights and
 LoRA adapters (model/lora.py) trains its adapters only. `state_dict()` holds everything a resumed
@@ -14,6 +15,7 @@ as a resumed run rebuilds them from the same base.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,7 @@ from .config import SoVITSConfig
 from .discriminator import MultiPeriodDiscriminator
 from .gpt import Text2SemanticDecoder
 from .losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from .lr_schedule import rms_scaled_groups, warmup_cosine
 from .sovits import SynthesizerTrn
 from .spectrogram import mel_spectrogram, spec_to_mel
 
@@ -183,30 +186,36 @@ class SoVITSTrainer:
 
 class GPTTrainer:
     def __init__(self, gpt: Text2SemanticDecoder, device: str | torch.device = "cpu", precision: str = "fp32",
-                 lr: float = 2e-4, weight_decay: float = 0.01, grad_clip: float = 1.0, warmup_steps: int = 0):
+                 lr: float = 2e-4, weight_decay: float = 0.01, grad_clip: float = 1.0, warmup_steps: int = 0,
+                 decay_steps: int = 0, lr_init: float = 0.0, lr_end: float = 0.0, rms_scaled: bool = False,
+                 accumulate: int = 1):
+        """`lr` is the peak rate: reached after `warmup_steps` (linear from `lr_init`), then a cosine
+        to `lr_end` at `decay_steps` (model/lr_schedule.py). `rms_scaled`: each tensor's rate is `lr`
+        x its RMS, as the reference's ScaledAdam scales its updates (not for LoRA: its B factors
+        start at zero). `accumulate`: batches whose gradients are summed into one optimiser step (the
+        reference steps once per 4); the schedule counts optimiser steps."""
         self.device = torch.device(device)
         self.precision = precision
         self.gpt = gpt.to(self.device).train()
         self.grad_clip = grad_clip
+        self.accumulate, self.pending = accumulate, 0
         self.params = [p for p in self.gpt.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("GPT has no trainable parameters")
-        self.optim = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-        # linear warm-up over `warmup_steps` optimiser steps, then constant
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+        groups = rms_scaled_groups(self.params, lr) if rms_scaled else [{"params": self.params, "lr": lr}]
+        self.optim = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, functools.partial(
+            warmup_cosine, warmup_steps=warmup_steps, decay_steps=decay_steps, init_ratio=lr_init / lr, end_ratio=lr_end / lr))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and precision == "fp16")
 
     def step(self, batch: GPTBatch) -> dict[str, float]:
         b = batch.to(self.device)
         with _autocast(self.device, self.precision):
             logits, loss = self.gpt(b.phones, b.phone_lengths, b.bert, b.semantic, b.semantic_lengths)
-        self.optim.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optim)
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.scaler.step(self.optim)
-        self.scaler.update()
-        self.sched.step()
+        self.scaler.scale(loss / self.accumulate).backward()
+        self.pending += 1
+        if self.pending == self.accumulate:
+            self._apply()
         with torch.no_grad():
             keep = torch.arange(logits.shape[1], device=self.device)[None] <= b.semantic_lengths[:, None]
             target = F.pad(b.semantic, (0, 1), value=self.gpt.cfg.eos)
@@ -215,8 +224,19 @@ class GPTTrainer:
             acc = (logits.argmax(-1) == target)[keep].float().mean()
         return {"loss": float(loss.detach()), "acc": float(acc)}
 
+    def _apply(self) -> None:
+        """One optimiser step on the gradients of the batches since the last one."""
+        self.scaler.unscale_(self.optim)
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        self.sched.step()
+        self.optim.zero_grad(set_to_none=True)
+        self.pending = 0
+
     def end_epoch(self) -> None:
-        pass  # the GPT's schedule is per step
+        if self.pending:  # an epoch's last batches step too: a checkpoint never holds half-summed gradients
+            self._apply()
 
     def state_dict(self) -> dict:
         return {"gpt": trainable_state(self.gpt), "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),

@@ -30,6 +30,7 @@ from voicefleet.tasks.render import process_identity
 from voicefleet.tasks.safety import audit
 from voicefleet.tasks.store.storage import Store
 from voicefleet.tasks.train.checkpoint import state_key
+from voicefleet.tasks.train.finetune import PLAIN_GPT
 from voicefleet.tasks.train.unit import result_key, stored_result
 from voicefleet.tasks.train.voice_lock import TrainingLocks, VoiceBusy, lock_key
 from voicefleet.tasks.voices.records import NewVersion
@@ -37,7 +38,7 @@ from voicefleet.tasks.voices.registry import VoiceRegistry
 
 OWNER = "user:ada@example.com"
 RECIPE = {"sovits_epochs": 1, "gpt_epochs": 3, "batch_size": 4, "sovits_lr": 5e-4, "gpt_lr": 2e-3,
-          "min_items_per_epoch": 8}
+          "min_items_per_epoch": 8, **PLAIN_GPT}
 QC = {"min_speech_s": 5.0, "recommended_speech_s": 5.0}
 
 DRIVER = r"""

@@ -14,10 +14,10 @@ from voicefleet.flows.demo.training_rows import demo_rows
 from voicefleet.model.lora import apply_lora, clone
 from voicefleet.tasks.enroll.prepare import make_frontend
 from voicefleet.tasks.train.evaluate import Gate
-from voicefleet.tasks.train.finetune import Recipe, TrainingFailed, finetune
+from voicefleet.tasks.train.finetune import PLAIN_GPT, Recipe, TrainingFailed, finetune
 from voicefleet.tasks.voices.base_model import tiny_base
 
-RECIPE = Recipe(sovits_epochs=1, gpt_epochs=4, batch_size=4, sovits_lr=5e-4, gpt_lr=2e-3, min_items_per_epoch=8)
+RECIPE = Recipe(sovits_epochs=1, gpt_epochs=4, batch_size=4, sovits_lr=5e-4, gpt_lr=2e-3, min_items_per_epoch=8, **PLAIN_GPT)
 
 
 @pytest.fixture(scope="module")

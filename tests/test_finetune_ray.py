@@ -25,7 +25,7 @@ from voicefleet.tasks.cluster.runtime import Resources
 from voicefleet.tasks.enroll.prepare import prepare_speaker, run_on_ray
 from voicefleet.tasks.store.storage import Store
 from voicefleet.tasks.train.checkpoint import state_key
-from voicefleet.tasks.train.finetune import Recipe
+from voicefleet.tasks.train.finetune import PLAIN_GPT, Recipe
 from voicefleet.tasks.train.scheduler import train_voices
 from voicefleet.tasks.voices.base_store import publish_base
 from voicefleet.tasks.voices.registry import VoiceRegistry
@@ -33,7 +33,7 @@ from voicefleet.tasks.voices.registry import VoiceRegistry
 pytestmark = pytest.mark.slow
 OWNER = "user:demo"
 RECIPE = Recipe(sovits_epochs=1, gpt_epochs=3, batch_size=4, sovits_lr=5e-4, gpt_lr=2e-3,
-                min_items_per_epoch=8).model_dump()
+                min_items_per_epoch=8, **PLAIN_GPT).model_dump()
 HALF_CPU = Resources(num_cpus=0.5)
 
 

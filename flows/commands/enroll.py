@@ -98,7 +98,7 @@ def enroll(src: str = typer.Argument(..., help="Enrollment root: <src>/<speaker_
            asr_model: Optional[str] = typer.Option(None, help="faster-whisper model folder for files without a "
                                                               "transcript (default: Whisper tiny.en, English)."),
            workers: Optional[int] = typer.Option(None, min=1, help="Training actors (default: as many as the cluster fits)."),
-           lora_rank: Optional[int] = typer.Option(None, min=0, help="Train a LoRA delta of this rank over the shared base (0: full fine-tune; default: the recipe's)."),
+           lora_rank: Optional[int] = typer.Option(None, min=0, help="Train a LoRA delta of this rank over the shared base (0: full fine-tune; default: the recipe's), at the LoRA learning rates unless the recipe names its own."),
            gate: str = typer.Option("enforce", help="Quality gate: 'enforce' (a version below it is registered, not current), 'report' (record the verdict only) or 'off'."),
            min_similarity: float = typer.Option(0.80, help="Gate: least mean speaker similarity of the evaluation sentences (measured: tasks/train/evaluate.py)."),
            max_wer: float = typer.Option(0.35, help="Gate: highest mean word error rate (English)."),

@@ -3,7 +3,8 @@
 Semantic tokens come from the base model's SSL extractor + SoVITS `ssl_proj` and codebook, exactly
 as inference prompts are made; spectrograms and BERT features are cheap to recompute from the
 audio and text, so the dataset stores only what needs the SSL model. The reference clip's own
-tokens (the GPT prompt) are computed here too.
+tokens (the GPT prompt) are computed here too. Each training clip is first brought to the
+reference's level (`normalise_level`); the reference clip keeps its own.
 """
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ DATASET_SCHEMA = pa.schema([
     ("phones", pa.list_(pa.int32())), ("semantic", pa.list_(pa.int32())),
     ("duration_s", pa.float64()), ("audio_flac", pa.binary()),
 ])
+
+
+# The reference's level rule for training clips (prepare_datasets/2-get-hubert-wav32k.py): half the
+# clip scaled to a 0.95 peak, half as it is, so quiet clips come up and loud ones keep their dynamics.
+TARGET_PEAK = 0.95
+PEAK_MIX = 0.5
+
+
+def normalise_level(audio: np.ndarray, peak: float = TARGET_PEAK, mix: float = PEAK_MIX) -> np.ndarray:
+    """`mix` x the clip scaled to `peak` + (1 - `mix`) x the clip; a silent clip is returned as is."""
+    top = float(np.abs(audio).max()) if len(audio) else 0.0
+    if top == 0.0:
+        return audio
+    if top > 1.0:  # as the reference's slicer: a clip over full scale is brought to it first
+        audio, top = audio / top, 1.0
+    return (audio * (mix * peak / top + (1.0 - mix))).astype(np.float32)
 
 
 class FeatureError(ValueError):
@@ -47,9 +64,10 @@ def build_dataset(upload: SpeakerUpload, base: BaseModel, frontend) -> tuple[byt
         except ValueError as e:  # EmptyText, UnsupportedLanguage
             problems.append(f"{u.file}: {e}")
             continue
+        audio = normalise_level(u.audio)
         rows.append({"file": u.file, "text": u.text, "language": u.language, "phones": list(ids),
-                     "semantic": semantic_tokens(base, u.audio).tolist(), "duration_s": u.seconds,
-                     "audio_flac": encode_flac(u.audio, SR)})
+                     "semantic": semantic_tokens(base, audio).tolist(), "duration_s": u.seconds,
+                     "audio_flac": encode_flac(audio, SR)})
     if not rows:
         raise FeatureError(f"{upload.speaker_id}: no utterance gave features ({'; '.join(problems)})")
     buf = io.BytesIO()
