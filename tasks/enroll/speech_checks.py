@@ -72,7 +72,10 @@ class QCConfig(BaseModel):
     # apart (gongitsune+nezumi 0.031, nezumi+tebukuro 0.040; alpha+tebukuro 0.080 is). Uploads of 30
     # one-sentence takes (80-98 s, flite and piper voices): one voice 0.015-0.019; 6 or 15 of the 30 takes
     # by another voice 0.195-0.385. 3 of 30 (minor share 0.09, separation 0.329) stays under
-    # `max_other_speaker_fraction`: that tolerance is a choice, not a measurement.
+    # `max_other_speaker_fraction`: that tolerance is a choice, not a measurement. With white noise 30-20 dB
+    # under the speech (what the SNR check passes) margins shrink: one voice up to 0.047 (Diane's 10 s, 7
+    # windows; 13+ windows <= 0.037), two voices down to 0.054 (the call at 30 dB, caught) and 0.044 (flite
+    # rms+awb, two ARCTIC men, at 20 dB: missed).
     two_speaker_separation: float = 0.053
     max_other_speaker_fraction: float = 0.15  # a second group of at most this share of windows is tolerated
     speaker_window_s: float = 3.0
