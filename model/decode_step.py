@@ -20,7 +20,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .multi_lora import lora_delta
+from .multi_lora import add_lora_delta
 from .torchscript import for_device
 
 
@@ -78,7 +78,7 @@ def _linear(x: torch.Tensor, w: List[torch.Tensor], packed: List[torch.classes.q
         y = F.linear(x, w[2 * j], w[2 * j + 1])
     if len(lora) > 0 and j > 0:  # per-row LoRA on out_proj, linear1, linear2 (model/multi_lora.py)
         b = x.shape[0]
-        y = y + lora_delta(x.unsqueeze(1), lora[2 * j - 2][:b], lora[2 * j - 1][:b]).squeeze(1)
+        y = add_lora_delta(y.unsqueeze(1), x.unsqueeze(1), lora[2 * j - 2][:b], lora[2 * j - 1][:b]).squeeze(1)
     return y
 
 

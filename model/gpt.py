@@ -24,7 +24,7 @@ from torch import nn
 from .config import GPTConfig
 from .engine import DecodeEngine, DecodeJob, token_limit
 from .kv_cache import KVCache
-from .multi_lora import lora_delta
+from .multi_lora import add_lora_delta
 from .sampler import RowParams, SamplingParams, sample
 
 __all__ = ["GenerationResult", "SamplingParams", "Text2SemanticDecoder"]
@@ -109,7 +109,7 @@ class SelfAttention(nn.Module):
 def _adapted(linear: nn.Module, x: torch.Tensor, lora: list[torch.Tensor] | None, j: int) -> torch.Tensor:
     """linear(x) plus each row's LoRA delta when per-row factors are given (j: index of its A)."""
     y = linear(x)
-    return y if lora is None else y + lora_delta(x, lora[j], lora[j + 1])
+    return y if lora is None else add_lora_delta(y, x, lora[j], lora[j + 1])
 
 
 class TransformerLayer(nn.Module):
