@@ -12,6 +12,8 @@
 
       pip download --no-deps pyannote-audio==4.0.7 -d DIR     # then: --human DIR
 
+  Tests use it only when VOICEFLEET_PYANNOTE_WHEEL_DIR names that folder (skipped otherwise; never fetched).
+
 Audio is returned as ((T,) float32 mono in [-1, 1], sample rate).
 """
 from __future__ import annotations
