@@ -74,6 +74,32 @@ def test_per_row_factors_compute_the_merged_voice(setup):
             assert (plain - want).abs().max() > 1e-2  # the voice's delta is there to be seen
 
 
+def test_decode_step_with_per_row_factors_computes_each_merged_voice(setup):
+    """One decode step over rows of four voices (each row's delta accumulated in place into the
+    adapted linears' output) gives each row what its merged voice's step gives it alone."""
+    from voicefleet.model.decode_step import StepWeights
+
+    base, states, _ = setup
+    voices = list(states)
+    aset = AdapterSet(base, {v: GPTAdapter.from_state(s, CFG) for v, s in states.items()})
+    lora = aset.gather(torch.tensor([aset.index(v) for v in voices]))
+    cfg, S, n = base.cfg, 7, len(voices)
+    H, D = cfg.n_head, cfg.hidden_dim // cfg.n_head
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, cfg.hidden_dim, generator=g)
+    K = [torch.randn(n, H, S, D, generator=g) for _ in range(cfg.n_layer)]
+    V = [torch.randn(n, H, S, D, generator=g) for _ in range(cfg.n_layer)]
+    with torch.no_grad():
+        got = StepWeights(base).run(x, [k.clone() for k in K], [v.clone() for v in V], S, None, S - 1, None, lora)
+        plain = StepWeights(base).run(x, [k.clone() for k in K], [v.clone() for v in V], S, None, S - 1, None)
+        for i, voice in enumerate(voices):
+            merged = apply_lora(base, states[voice], CFG.gpt_targets, CFG).eval()
+            want = StepWeights(merged).run(x[i:i + 1], [k[i:i + 1].clone() for k in K],
+                                           [v[i:i + 1].clone() for v in V], S, None, S - 1, None)
+            torch.testing.assert_close(got[i], want[0], rtol=1e-4, atol=1e-4)
+            assert (plain[i] - want[0]).abs().max() > 1e-2  # the voice's delta is there to be seen
+
+
 def test_adapters_that_cannot_decode_per_row_are_refused(setup):
     base, states, lines = setup
     state = dict(states["v0"])
