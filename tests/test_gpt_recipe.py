@@ -3,6 +3,8 @@
 to the reference's level. Side-by-side curves against the reference: `benchmarks/finetune.py --part curves`."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,30 @@ def test_training_clips_come_to_the_reference_level() -> None:
     data, problems = build_dataset(SpeakerUpload("s", None, [utt], utt), base, frontend)
     stored = read_dataset(data)[0]["audio"]
     assert not problems and np.abs(stored).max() == pytest.approx(0.525, abs=2e-3)
+
+
+def test_a_trainer_resumed_at_an_epoch_boundary_matches_one_that_ran_through() -> None:
+    """Six batches an epoch at 4 per step: the epoch's last 2 are stepped at its end, never left half-summed."""
+    batches = [gpt_batch(rows(2)[i % 2:][:1] * 2, 1024) for i in range(6)]
+    settings = dict(lr=0.002, warmup_steps=2, decay_steps=8, lr_init=2e-6, lr_end=2e-5, rms_scaled=True, accumulate=4)
+
+    def epoch(t: GPTTrainer) -> None:
+        for b in batches:
+            t.step(b)
+        t.end_epoch()
+
+    torch.manual_seed(0)
+    straight = GPTTrainer(Text2SemanticDecoder(GPTConfig.tiny()), **settings)
+    epoch(straight)
+    saved = io.BytesIO()
+    torch.save(straight.state_dict(), saved)  # as checkpoint.save: no tensor shared with the running trainer
+    rng = torch.get_rng_state()  # dropout draws: finetune saves them too
+    torch.manual_seed(0)
+    resumed = GPTTrainer(Text2SemanticDecoder(GPTConfig.tiny()), **settings)
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    assert straight.pending == 0 and straight.sched.last_epoch == 2  # 4 + 2 batches: two optimiser steps
+    for t in (straight, resumed):
+        torch.set_rng_state(rng)
+        epoch(t)
+    for a, b in zip(straight.params, resumed.params):
+        assert torch.equal(a, b)
