@@ -40,7 +40,8 @@ profile, `_scaled_dot_product_flash_attention_for_cpu`) and the linears' FLOPs a
 batching only removes (a)'s per-step costs (weights read per step, op calls, host looks). With the
 second run's figures: 1.8x needs (b) <= 8.35 s; prefill 4.89 s + attention 2.6 s + linears 1.4 s =
 8.9 s even if sampling, adapters and bookkeeping cost nothing, and (c), the bare base with no
-adapters at all, takes 10.68 s (1.41x). The adapters themselves cost (b) 6-12 % over (c).
+adapters at all, takes 10.68 s (1.41x); in the first run the same sum is 9.0 s against 9.8 s
+allowed, and only (c), 1.66x, bounds it. The adapters themselves cost (b) 6-12 % over (c).
 (Timed without the warm-up the ratio swings from 0.3x to 10x: TorchScript specialises per shape
 on first calls.)
 
