@@ -16,6 +16,8 @@ Parts (all by default):
   fixed seed, CPU: the reference's ScaledAdam + its scheduler and settings (imported from
   `--reference`, a GPT-SoVITS checkout, at benchmark time only) against our recipe and the old
   constant AdamW 2e-4, with final-loss ratios; then final loss per LoRA rank-8 GPT learning rate.
+- `sovits-lora`: mel loss per epoch of a SoVITS LoRA rank-8 fine-tune at each learning rate (tiny
+  base, the demo speaker's speech).
 
     python benchmarks/finetune.py                       # everything (~15-25 min on 2 busy cores)
     python benchmarks/finetune.py --part size
@@ -209,9 +211,11 @@ def part_throughput(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "size", "memory", "throughput", "curves"], default="all")
+    ap.add_argument("--part", choices=["all", "size", "memory", "throughput", "curves", "sovits-lora"], default="all")
     ap.add_argument("--reference", help="a GPT-SoVITS checkout: its ScaledAdam + scheduler train the same GPT (curves)")
     ap.add_argument("--pretrain-steps", type=int, default=250, help="curves: steps that make the tiny base")
+    ap.add_argument("--sovits-lora-lrs", type=lambda s: [float(x) for x in s.split(",")], default=[1e-4, 1e-3, 1e-2, 3e-2])
+    ap.add_argument("--sovits-epochs", type=int, default=4, help="sovits-lora: epochs per rate")
     ap.add_argument("--lora-lrs", type=lambda s: [float(x) for x in s.split(",")], default=[1e-2, 2e-2, 3e-2, 5e-2, 1e-1])
     ap.add_argument("--voices", type=int, default=4)
     ap.add_argument("--gate", choices=["enforce", "report", "off"], default="report")
@@ -235,6 +239,10 @@ def main() -> None:
         from gpt_recipe_curves import part_curves  # benchmarks/ is on the path of a script run from it
 
         part_curves(args)
+    if args.part in ("all", "sovits-lora"):
+        from gpt_recipe_curves import part_sovits_lora
+
+        part_sovits_lora(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ CPU: the reference's ScaledAdam + its scheduler and s1longer-v2 settings, import
 GPT-SoVITS checkout (`--reference`) at benchmark time only, driving its own s1 loop (a step at
 batch indices 4, 8, ... of each epoch), against our `GPTTrainer` as `finetune` builds it from
 `Recipe()` and against the old constant AdamW 2e-4; then final loss per LoRA rank-8 GPT rate.
+`--part sovits-lora`: the SoVITS LoRA rate sweep (mel loss per epoch).
 """
 from __future__ import annotations
 
@@ -187,3 +188,31 @@ def part_curves(args) -> None:
         r = recipe.model_copy(update={"lora_rank": 8, "gpt_lr": lr})
         c = our_curve(base, rows, r, epochs, lora_rank=8)
         print(f"lr {lr:<7g} final loss {c[-1]:.3f}   (" + " ".join(f"{x:.2f}" for x in c) + ")")
+
+
+def part_sovits_lora(args) -> None:
+    """SoVITS LoRA rank 8: mean mel loss (x45, as trained) per epoch at each rate, the tiny base on
+    the demo speaker's speech (6 utterances, 12 items an epoch, batch 4), GAN included."""
+    import torch
+
+    from voicefleet.flows.demo.enrollment import EN_ENROLL
+    from voicefleet.flows.demo.training_rows import demo_rows
+    from voicefleet.model.lora import clone
+    from voicefleet.tasks.enroll.prepare import make_frontend
+    from voicefleet.tasks.train.finetune import Recipe, finetune
+    from voicefleet.tasks.voices.base_model import tiny_base
+
+    torch.set_num_threads(args.threads)
+    base = tiny_base()
+    rows = demo_rows("joe", list(EN_ENROLL[:6]), base, make_frontend())
+    print(f"\n## SoVITS LoRA rank 8 learning rate sweep, tiny base, {len(rows)} demo utterances (real TTS speech), "
+          f"{args.sovits_epochs} epochs of 12 items, batch 4, CPU fp32: mean mel loss per epoch")
+    for lr in args.sovits_lora_lrs:
+        torch.manual_seed(0)
+        recipe = Recipe(sovits_epochs=args.sovits_epochs, gpt_epochs=0, batch_size=4, min_items_per_epoch=12,
+                        lora_rank=8, sovits_lr=lr)
+        t0 = time.perf_counter()
+        res = finetune(rows, clone(base.gpt), clone(base.sovits), recipe, log=lambda *_: None)
+        mel = res.metrics["sovits_mel"]
+        print(f"lr {lr:<7g} final mel {mel[-1]:.1f}   (" + " ".join(f"{x:.1f}" for x in mel) + f")  "
+              f"[{time.perf_counter() - t0:.0f} s]", flush=True)

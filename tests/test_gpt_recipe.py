@@ -63,7 +63,7 @@ def test_lora_trains_at_its_own_rates_unless_the_recipe_names_one() -> None:
     full, lora = Recipe(), Recipe(lora_rank=8)
     assert full.learning_rate("gpt") == FULL_LR["gpt"] and full.learning_rate("sovits") == FULL_LR["sovits"]
     assert lora.learning_rate("gpt") == LORA_LR["gpt"] != FULL_LR["gpt"]
-    assert lora.learning_rate("sovits") == LORA_LR["sovits"]
+    assert lora.learning_rate("sovits") == LORA_LR["sovits"] != FULL_LR["sovits"]
     assert gpt_schedule(lora, 24)["lr"] == LORA_LR["gpt"] and not gpt_schedule(lora, 24)["rms_scaled"]
     assert gpt_schedule(full, 24)["rms_scaled"]  # LoRA's B factors start at zero: no RMS to scale by
     assert Recipe(lora_rank=8, gpt_lr=3e-3).learning_rate("gpt") == 3e-3  # a named rate wins
