@@ -29,7 +29,8 @@ engineers' jobs running (23,408 tokens, 512/512 lines identical in every run):
     2.7-2.2   15.03 s         11.32 s     1.33x    1.41x    4.62 / 4.89 s       1.62x
     2.1-3.3   118.0 s         30.47 s     (3.87x: not a figure: beside a busy core (a)'s 4,490 small
                                            2-thread steps stall on OpenMP barriers, 7x its quiet time)
-    1 thread, load 1.3-2.3: 1.27x and 1.31x, (c) 1.42x; process CPU seconds 1.26x and 1.31x.
+    a fourth run at load 4.6-9.9 did not finish in 500 s; no quiet window came.
+    1 thread: 1.27x and 1.31x (load 1.3-2.3, (c) 1.42x), 1.26x (load 5.4-4.0): median 1.27x.
 
 Before the in-place delta and the tighter CPU prefill groups (model/multi_lora.py `add_lora_delta`,
 model/engine.py `PAD_WASTE_CPU`), the mixed prefill was the slower one: (a) 6.7 s, (b) 8.4 s (1.30x
