@@ -18,6 +18,7 @@ Voices (tests/human_speech.py, flows/demo/voices.py):
    several SNRs, hard clipping at several gains, a music bed at several levels.
 
     python benchmarks/speaker_checks_calibration.py [--human DIR] [--cache DIR] [--windows 1.5,2,3]
+    python benchmarks/speaker_checks_calibration.py --only small   # the demo's small uploads, one voice each
 """
 from __future__ import annotations
 
@@ -198,6 +199,33 @@ def upload_scale(cache: Path) -> None:
               f"{c.separation:.3f}, minor {c.other_fraction:.2f} -> {c.clusters} speaker(s), files named {len(c.files)}")
 
 
+def small_uploads(seeds: int = 3, clips: tuple[int, ...] = (4, 8)) -> None:
+    """The demo's own enrollment sets (flows/demo/enrollment.py: takes of 2-6 s, one sentence each at its own
+    speed, level and noise floor), every demo voice, a few seeds and take counts: one voice each, small
+    uploads. Prints the separation, the window count, the threshold at that count and the verdict."""
+    from voicefleet.flows.demo.enrollment import build_demo_enrollment
+    from voicefleet.flows.demo.voices import DEMO_VOICES
+    from voicefleet.tasks.enroll.one_speaker import separation_threshold
+
+    qc = QCConfig()
+    print("\n-- the demo's enrollment sets (one voice each): separation / windows / threshold there -> verdict")
+    by_n: dict[int, list[float]] = {}
+    for n_clips in clips:
+        for seed in range(seeds):
+            with tempfile.TemporaryDirectory() as tmp:
+                build_demo_enrollment(Path(tmp), n_speakers=len(DEMO_VOICES), clips_per_speaker=n_clips, seed=seed)
+                for spk in sorted(Path(tmp).iterdir()):
+                    pieces = []
+                    for f in sorted(spk.glob("take*")):
+                        x = load_audio(f.read_bytes(), SR, name=f.name)
+                        pieces.append((f.name, file_speech(x, detect(x)[1])))
+                    c = count_speakers(pieces, qc)
+                    by_n.setdefault(c.windows, []).append(c.separation)
+                    print(f"  {n_clips} takes, seed {seed}, {spk.name:16s} {c.separation:.3f} / {c.windows:2d} / "
+                          f"{separation_threshold(c.windows, qc):.3f} -> {c.clusters} speaker(s)")
+    print("  highest per window count: " + ", ".join(f"{n}: {max(v):.3f}" for n, v in sorted(by_n.items())))
+
+
 def check_cost(vox: dict[str, np.ndarray], seconds: float = 60.0, repeats: int = 3) -> None:
     """Wall time of `count_speakers` on `seconds` of one voice's speech, against embedding the same speech once
     as whole <= 10 s pieces (about what the clustering of VAD segments it replaces embedded)."""
@@ -307,8 +335,11 @@ def main() -> None:
     ap.add_argument("--human", help="folder with the pyannote-audio wheel (the two-women call)")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vf-speaker-calibration"))
     ap.add_argument("--windows", default="1.5/0.75,2/1,3/1,3/1.5", help="window/hop (s) for the one-speaker check")
-    ap.add_argument("--only", choices=["speaker", "noisy", "gate", "files"], help="run one part")
+    ap.add_argument("--only", choices=["speaker", "noisy", "small", "gate", "files"], help="run one part")
     args = ap.parse_args()
+    if args.only == "small":  # needs no voices of its own
+        small_uploads()
+        return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     vox = voices(args.human, cache)
@@ -325,6 +356,8 @@ def main() -> None:
         check_cost(vox)
     if args.only == "noisy":
         noisy_speaker(vox, call)
+    if args.only is None:
+        small_uploads()
     if args.only in (None, "gate"):
         gate_similarity(vox)
     if args.only in (None, "files"):

@@ -185,8 +185,8 @@ def test_a_stored_result_is_judged_again_under_a_new_gate(local_store: Store) ->
     assert stored_result(local_store, prepared, {"mode": "enforce"}) is None
     figures = {"similarity": 0.5, "wer": 0.1}
     result = prepared.model_copy(update={"status": "trained", "evaluation": {
-        **figures, "gate": {"mode": "report", "min_similarity": 0.75, "max_wer": 0.35, "passed": False,
-                            "reasons": ["speaker similarity 0.5 < 0.75"]}}})
+        **figures, "gate": {"mode": "report", "min_similarity": 0.8, "max_wer": 0.35, "passed": False,
+                            "reasons": ["speaker similarity 0.5 < 0.8"]}}})
     local_store.write_bytes(result_key(prefix), result.model_dump_json().encode())
     local_store.write_bytes(state_key(prefix), b"left by a process that died right after the result")
     same = stored_result(local_store, prepared, {"mode": "report"})

@@ -110,3 +110,19 @@ def test_short_takes_of_two_voices_are_two_speakers(voices):
     assert c.clusters == 2, c
     # the second voice's files are named (a window across two files may add one of the other voice)
     assert max(sum(f.startswith(v) for f in c.files) for v in ("joe", "alpha")) >= len(c.files) - 1 >= 2, c.files
+
+
+def test_the_demos_small_one_voice_uploads_are_one_speaker(tmp_path):
+    """Four takes of 2-6 s, each its own sentence, speed and level (8-10 windows): under the separation threshold
+    of 24+ windows, seed 2 of the demo set read alpha, gongitsune and tebukuro as two speakers (0.057-0.062)."""
+    from voicefleet.flows.demo.enrollment import build_demo_enrollment
+    from voicefleet.flows.demo.voices import DEMO_VOICES
+
+    build_demo_enrollment(tmp_path, n_speakers=len(DEMO_VOICES), clips_per_speaker=4, seed=2)
+    for spk in sorted(tmp_path.iterdir()):
+        pieces = []
+        for f in sorted(spk.glob("take*")):
+            x = load_audio(f.read_bytes(), VAD_RATE, name=f.name)
+            pieces.append((f.name, file_speech(x, detect(x)[1])))
+        c = count_speakers(pieces, QC)
+        assert c.windows >= QC.min_speaker_windows and c.clusters == 1, (spk.name, c)

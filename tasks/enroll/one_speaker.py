@@ -28,7 +28,8 @@ import numpy as np
 from .speech_checks import QCConfig
 from .vad import VAD_RATE
 
-__all__ = ["SpeakerCount", "count_speakers", "file_speech", "speaker_problem", "split_two", "speaker_windows"]
+__all__ = ["SpeakerCount", "count_speakers", "file_speech", "separation_threshold", "speaker_problem", "split_two",
+           "speaker_windows"]
 
 
 @dataclass
@@ -116,15 +117,21 @@ def count_speakers(pieces: list[tuple[str, np.ndarray]], qc: QCConfig) -> Speake
     other = float(np.mean(labels == minor))
     c = [e[labels == k].mean(axis=0) for k in (0, 1)]
     sim = similarity(c[0], c[1])
-    two = separation > qc.two_speaker_separation and other > qc.max_other_speaker_fraction
+    two = separation > separation_threshold(len(e), qc) and other > qc.max_other_speaker_fraction
     return SpeakerCount(2 if two else 1, other, separation, sim, len(e),
                         sorted({f for f, lab in zip(files, labels) if lab == minor}) if two else [])
+
+
+def separation_threshold(windows: int, qc: QCConfig) -> float:
+    """`two_speaker_separation`, raised by sqrt(full / windows) below `speaker_windows_full` windows: a split
+    of few windows separates one voice further (measured: QCConfig's comments)."""
+    return qc.two_speaker_separation * max(1.0, (qc.speaker_windows_full / max(windows, 1)) ** 0.5)
 
 
 def speaker_problem(count: SpeakerCount, qc: QCConfig) -> str | None:
     if count.clusters > 1:
         return (f"{count.clusters} speakers detected: {count.other_fraction:.0%} of speech "
                 f"(> {qc.max_other_speaker_fraction:.0%}) is another voice (separation {count.separation:.3f} > "
-                f"{qc.two_speaker_separation:g}, similarity of the two voices {count.similarity:.2f}) "
+                f"{separation_threshold(count.windows, qc):.3f}, similarity of the two voices {count.similarity:.2f}) "
                 f"in {', '.join(count.files)}")
     return None

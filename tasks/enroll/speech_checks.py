@@ -76,7 +76,16 @@ class QCConfig(BaseModel):
     # under the speech (what the SNR check passes) margins shrink: one voice up to 0.047 (Diane's 10 s, 7
     # windows; 13+ windows <= 0.037), two voices down to 0.054 (the call at 30 dB, caught) and 0.044 (flite
     # rms+awb, two ARCTIC men, at 20 dB: missed).
+    # Few windows split more readily (2-means fits noise): the demo's own uploads of 4 takes of 2-6 s, each
+    # its own sentence, speed and level (8-10 windows), read one voice up to 0.078 (18 uploads: 6 voices x
+    # seeds 0-2; 4 of them over 0.053, the demo rejected its own speakers), 17-22 windows up to 0.052
+    # (benchmarks/speaker_checks_calibration.py --only small). Below `speaker_windows_full` windows the
+    # threshold is raised by sqrt(full / windows): 8 windows 0.092, 10 0.082, 17 0.063, 20 0.058 (margins
+    # over those uploads 0.014 / 0.011). The price: at 16 windows (15 s of speech) the call's two women
+    # (0.062) are missed, flite rms+awb (0.076) and distinct voices (0.094-0.215) caught; from 22 windows
+    # (20 s) the women (0.071) are caught again, and the whole call (28 windows, 0.076) always.
     two_speaker_separation: float = 0.053
+    speaker_windows_full: int = 24  # from this many windows on, `two_speaker_separation` as it is
     max_other_speaker_fraction: float = 0.15  # a second group of at most this share of windows is tolerated
     speaker_window_s: float = 3.0
     speaker_hop_s: float = 1.0
