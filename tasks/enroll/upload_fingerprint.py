@@ -20,7 +20,7 @@ from pathlib import Path
 from voicefleet.tasks.store.storage import Store
 
 # Bump when ingest, features or training change what a voice is made of.
-PIPELINE_VERSION = "enroll-3"  # 3: training clips level-normalised
+PIPELINE_VERSION = "enroll-3"  # 3: training clips level-normalised; utterances keep >= 0.1 s of pause
 _CHUNK = 1 << 20
 
 

@@ -89,7 +89,7 @@ class Recipe(BaseModel):
 
 def gpt_schedule(recipe: Recipe, n_rows: int) -> dict:
     """GPTTrainer's rate settings for `recipe` over `n_rows` training rows (model/lr_schedule.py)."""
-    batches = -(-max(n_rows, n_rows * -(-recipe.min_items_per_epoch // n_rows)) // recipe.batch_size)
+    batches = -(-n_rows * epoch_repeats(n_rows, recipe) // recipe.batch_size)
     steps = recipe.gpt_epochs * -(-batches // recipe.gpt_accumulate)  # optimiser steps in the run
     lr = recipe.learning_rate("gpt")
     rms = recipe.gpt_rms_scaled if recipe.gpt_rms_scaled is not None else recipe.lora_rank == 0
@@ -121,10 +121,13 @@ class Checkpointer(Protocol):
 Hook = Callable[[str, int], None]  # (event "epoch_start" | "epoch_end" | "checkpoint", epoch 1-based)
 
 
+def epoch_repeats(n_rows: int, recipe: Recipe) -> int:
+    """How many times an epoch holds each row: small datasets repeat to >= `min_items_per_epoch` items."""
+    return max(1, -(-recipe.min_items_per_epoch // n_rows))
+
+
 def _epoch_items(rows: list[dict], recipe: Recipe, rng: random.Random) -> list[list[dict]]:
-    items = list(rows)
-    while len(items) < recipe.min_items_per_epoch:
-        items += rows
+    items = list(rows) * epoch_repeats(len(rows), recipe)
     rng.shuffle(items)
     return [items[i: i + recipe.batch_size] for i in range(0, len(items), recipe.batch_size)]
 
